@@ -167,13 +167,16 @@ def validate_uda_datalist(dl: Mapping[str, Any], deep: bool = True) -> None:
             _check_entry(dl, key, i, item, deep)
 
 
-def load_uda_datalist(path: str | os.PathLike, validate: bool = True, deep: bool = True) -> dict[str, Any]:
+def load_uda_datalist(
+    path: str | os.PathLike, validate: bool = True, deep: bool = True, base_dir: str | None = None
+) -> dict[str, Any]:
     """Load a UDA datalist JSON, resolve its paths and (by default) validate it.
 
     Args:
         path: the JSON file.
         validate: run :func:`validate_uda_datalist`.
         deep: open every file during validation (slower, catches corrupt files and bad labels).
+        base_dir: folder for relative paths; default: the file's ``base_dir`` key, else its folder.
 
     Returns:
         The datalist dict with absolute paths.
@@ -186,7 +189,7 @@ def load_uda_datalist(path: str | os.PathLike, validate: bool = True, deep: bool
             dl = json.load(f)
     except json.JSONDecodeError as e:
         raise DatalistError(f"datalist {path} is not valid JSON: {e}") from e
-    base_dir = dl.get("base_dir") or os.path.dirname(os.path.abspath(path))
+    base_dir = base_dir or dl.get("base_dir") or os.path.dirname(os.path.abspath(path))
     for key in ALL_KEYS:
         items = dl.get(key)
         if items is None:

@@ -1,1 +1,3 @@
+from .segmentation_metrics_saver import SegmentationMetricsSaver
 
+__all__ = ["SegmentationMetricsSaver"]
