@@ -20,8 +20,15 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "resume") -> str | None:
     return max(files, key=os.path.getmtime) if files else None
 
 
-def resume_from(path: str | None, objects: Mapping[str, Any], device: Any = "cpu") -> bool:
+def resume_from(path: str | None, objects: Mapping[str, Any], device: Any = "cpu", max_epochs: int | None = None) -> bool:
     """Load network/optimizer/trainer state from ``path`` into ``objects`` (ignite ``Checkpoint.load_objects``).
+
+    Args:
+        path: a checkpoint from the bundle's resume saver (None: nothing to resume).
+        objects: ``{"model": ..., "optimizer": ..., "trainer": ...}``.
+        device: map location.
+        max_epochs: the run's (possibly larger) epoch budget; the checkpoint's own ``max_epochs``
+            would otherwise make ignite think the run is finished and start again from epoch 0.
 
     Returns False (and logs) when there is nothing to resume from, so a first run starts fresh.
     """
@@ -32,5 +39,8 @@ def resume_from(path: str | None, objects: Mapping[str, Any], device: Any = "cpu
 
     ckpt = torch.load(path, map_location=device, weights_only=False)
     Checkpoint.load_objects(to_load=dict(objects), checkpoint=ckpt)
+    trainer = objects.get("trainer")
+    if trainer is not None and max_epochs is not None:
+        trainer.state.max_epochs = int(max_epochs)
     logger.info(f"resumed from {path}")
     return True

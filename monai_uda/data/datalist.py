@@ -89,6 +89,13 @@ def read_array(path: str) -> tuple[np.ndarray, tuple[float, ...] | None]:
         raise DatalistError(f"cannot read {path}: {type(e).__name__}: {e}") from e
 
 
+def _read(where: str, path: str) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    try:
+        return read_array(path)
+    except DatalistError as e:
+        raise DatalistError(f"{where}: {e}") from None
+
+
 def _declared_values(dl: Mapping[str, Any]) -> set[int] | None:
     """Raw label values that are allowed; None means any non-negative integer (binarize)."""
     if dl.get("binarize", False):
@@ -116,12 +123,12 @@ def _check_entry(dl: Mapping[str, Any], key: str, i: int, item: Mapping[str, Any
         raise DatalistError(f"{where}: label file not found: {item['label']}")
     if not deep:
         return
-    img, img_sp = read_array(img_path)
+    img, img_sp = _read(where, img_path)
     if not np.all(np.isfinite(img.astype(np.float64, copy=False))):
         raise DatalistError(f"{where}: image contains NaN or Inf values: {img_path}")
     if "label" not in item:
         return
-    lab, lab_sp = read_array(item["label"])
+    lab, lab_sp = _read(where, item["label"])
     spatial = img.shape[: lab.ndim] if img.ndim == lab.ndim + 1 and dl.get("spatial_dims", 2) == 2 else img.shape
     if tuple(spatial) != tuple(lab.shape):
         raise DatalistError(

@@ -1,3 +1,4 @@
+from .atomic_checkpoint_saver import AtomicCheckpointSaver
 from .segmentation_metrics_saver import SegmentationMetricsSaver
 
-__all__ = ["SegmentationMetricsSaver"]
+__all__ = ["AtomicCheckpointSaver", "SegmentationMetricsSaver"]

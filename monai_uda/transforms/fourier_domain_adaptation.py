@@ -24,7 +24,12 @@ from monai.config import KeysCollection
 from monai.transforms import LoadImage, MapTransform, RandomizableTransform, Resize, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-__all__ = ["fda_low_frequency_mask", "fourier_domain_adaptation", "FourierDomainAdaptation", "RandFourierDomainAdaptationd"]
+__all__ = [
+    "fda_low_frequency_mask",
+    "fourier_domain_adaptation",
+    "FourierDomainAdaptation",
+    "RandFourierDomainAdaptationd",
+]
 
 
 def fda_low_frequency_mask(spatial_shape: Sequence[int], beta: float) -> torch.Tensor:
@@ -47,7 +52,9 @@ def fourier_domain_adaptation(source: torch.Tensor, target: torch.Tensor, beta: 
     src = convert_to_tensor(source, dtype=torch.float32, track_meta=False)
     tgt = convert_to_tensor(target, dtype=torch.float32, track_meta=False).to(src.device)
     if src.ndim < 3:
-        raise ValueError(f"source must be channel-first (C, *spatial) with 2 or 3 spatial dims, got {tuple(src.shape)}.")
+        raise ValueError(
+            f"source must be channel-first (C, *spatial) with 2 or 3 spatial dims, got {tuple(src.shape)}."
+        )
     if tgt.shape[1:] != src.shape[1:]:
         raise ValueError(f"target spatial shape {tuple(tgt.shape[1:])} differs from source {tuple(src.shape[1:])}.")
     if tgt.shape[0] not in (1, src.shape[0]):
@@ -93,7 +100,8 @@ class FourierDomainAdaptation(Transform):
         tgt = convert_to_tensor(target, dtype=torch.float32, track_meta=False)
         if tgt.ndim != img.ndim:
             raise ValueError(
-                f"target must be channel-first with the image's {img.ndim - 1} spatial dims, got shape {tuple(tgt.shape)}."
+                f"target must be channel-first with the image's {img.ndim - 1} spatial dims, "
+                f"got shape {tuple(tgt.shape)}."
             )
         if tgt.shape[1:] != img.shape[1:]:
             if not self.resize_target:
@@ -161,7 +169,10 @@ class RandFourierDomainAdaptationd(RandomizableTransform, MapTransform):
         if targets is None or len(targets) == 0:
             raise ValueError("RandFourierDomainAdaptationd: `targets` is empty.")
         self.targets = list(targets)
-        self.beta_range = (float(beta), float(beta)) if np.isscalar(beta) else tuple(float(b) for b in beta)  # type: ignore
+        if np.isscalar(beta):
+            self.beta_range = (float(beta), float(beta))  # type: ignore[arg-type]
+        else:
+            self.beta_range = tuple(float(b) for b in beta)  # type: ignore[union-attr]
         if len(self.beta_range) != 2 or self.beta_range[0] > self.beta_range[1]:
             raise ValueError(f"beta must be a float or a (low, high) range, got {beta}.")
         for b in self.beta_range:

@@ -49,7 +49,8 @@ class HistogramMatching(Transform):
             raise ValueError(f"HistogramMatching: image must be channel-first (C, *spatial), got shape {x.shape}.")
         if ref.ndim < 2 or ref.shape[0] not in (1, x.shape[0]):
             raise ValueError(
-                f"HistogramMatching: reference must be channel-first with 1 or {x.shape[0]} channels, got shape {ref.shape}."
+                f"HistogramMatching: reference must be channel-first with 1 or {x.shape[0]} channels, "
+                f"got shape {ref.shape}."
             )
         if not (np.isfinite(x).all() and np.isfinite(ref).all()):
             raise ValueError("HistogramMatching: image or reference contains NaN or Inf.")

@@ -1,0 +1,122 @@
+"""The method registry of ``monai-uda benchmark``: each method issue adds its entry here.
+
+A method is a function ``fn(ctx: MethodContext) -> MethodOutput``. It trains or adapts a model with
+the context's budget and seed and returns the checkpoint that the runner evaluates on the target
+test set. Methods that adapt a source model call ``ctx.source_checkpoint()`` (trained once per seed
+and shared). Methods only ever see ``target_training`` images through ``ctx.uda.split``; target
+labels are the runner's business (evaluation) and the oracle's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["MethodContext", "MethodOutput", "METHODS", "register_method", "get_method"]
+
+
+@dataclass
+class MethodOutput:
+    """What a method hands back to the runner.
+
+    Attributes:
+        checkpoint: network weights to evaluate.
+        bundle: the bundle whose ``train.json`` + ``evaluate.json`` evaluate the checkpoint.
+        eval_overrides: extra config overrides for evaluation (e.g. a different ``network_def``).
+        extra: numbers to report next to the metrics (e.g. ``adapt_seconds``, ``epochs``).
+    """
+
+    checkpoint: str
+    bundle: str = "source_segmentation"
+    eval_overrides: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    """Everything a method needs: the pair, its working folder, the budget, the seed and the device."""
+
+    datalist: str
+    workdir: str
+    seed: int
+    budget: dict[str, Any]
+    device: str = "cpu"
+    amp: bool = False
+    _source: Callable[[], str] | None = None
+
+    @property
+    def uda(self):
+        from monai_uda.data import UDAData
+
+        if not hasattr(self, "_uda"):
+            self._uda = UDAData(self.datalist, deep=False)
+        return self._uda
+
+    def source_checkpoint(self) -> str:
+        """The source-only model of this seed (trained on first use, then reused)."""
+        if self._source is None:
+            raise RuntimeError("this context has no source model")
+        return self._source()
+
+    def bundle_overrides(self, subdir: str) -> dict[str, Any]:
+        """Overrides that point a bundle config at this pair, budget, seed, device and a working folder."""
+        out = os.path.join(self.workdir, subdir)
+        ov = {
+            "datalist": self.datalist,
+            "seed": self.seed,
+            "ckpt_dir": out,
+            "output_dir": out,
+            "device": f"$torch.device('{self.device}')",
+            "amp": bool(self.amp),
+            "spatial_dims": self.uda.spatial_dims,
+        }
+        ov.update(self.budget)
+        return ov
+
+
+METHODS: dict[str, dict[str, Any]] = {}
+
+
+def register_method(name: str, description: str = "") -> Callable:
+    """Decorator adding a method to :data:`METHODS`."""
+
+    def deco(fn: Callable[[MethodContext], MethodOutput]) -> Callable:
+        METHODS[name] = {"fn": fn, "description": description or (fn.__doc__ or "").strip().split("\n")[0]}
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Callable[[MethodContext], MethodOutput]:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    return METHODS[name]["fn"]
+
+
+def _train(ctx: MethodContext, key: str, subdir: str) -> str:
+    from monai_uda.bundle import run_bundle
+
+    ov = ctx.bundle_overrides(subdir)
+    configs = ["train.json"] if key == "source_training" else ["train.json", "train_oracle.json"]
+    if key != "source_training":
+        ov.pop("ckpt_dir")  # train_oracle.json sets it from bundle_root; put it in our folder instead
+        ov["ckpt_dir"] = os.path.join(ctx.workdir, subdir)
+    ov["train_key"] = key
+    run_bundle("source_segmentation", configs, **ov)
+    return os.path.join(ov["ckpt_dir"], "model.pt")
+
+
+@register_method("source", "source-only: trained on labelled source data, applied to the target as is")
+def source_only(ctx: MethodContext) -> MethodOutput:
+    return MethodOutput(checkpoint=ctx.source_checkpoint())
+
+
+@register_method("oracle", "target-supervised upper bound (uses target labels; benchmarks only)")
+def oracle(ctx: MethodContext) -> MethodOutput:
+    return MethodOutput(checkpoint=_train(ctx, "oracle_training", "oracle"))
+
+
+def train_source(ctx: MethodContext) -> str:
+    """Train the source-only model of a context (used by the runner's shared source cache)."""
+    return _train(ctx, "source_training", "source")

@@ -1,0 +1,205 @@
+"""``monai-uda benchmark``: every method on one domain pair, same network, budget and seeds.
+
+For each seed the source-only model is trained once and shared by the adaptation methods; each
+method's checkpoint is evaluated on ``target_test`` with the source bundle's ``evaluate.json``
+(Dice, IoU, F1, surface Dice, HD95). Outputs in ``--out``: ``results.csv`` (one row per method and
+seed), ``results.md`` (mean ± std over seeds, with the gap closed = (method - source) / (oracle -
+source) on Dice) and ``results.png`` (a bar chart).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import pandas as pd
+
+from .methods import METHODS, MethodContext, get_method, train_source
+
+__all__ = ["BUDGETS", "budget_for", "run_benchmark", "gap_closed", "markdown_table", "plot_results"]
+
+logger = logging.getLogger(__name__)
+
+#: training budgets; ``epoch_length`` x ``max_epochs`` iterations for every method, whatever its data size
+BUDGETS: dict[str, dict[int, dict[str, Any]]] = {
+    "quick": {
+        2: {"max_epochs": 2, "epoch_length": 4, "batch_size": 2, "num_samples": 2, "roi_size": [64, 64],
+            "data_limit": 6, "validate_during_training": False},
+        3: {"max_epochs": 2, "epoch_length": 2, "batch_size": 1, "num_samples": 2, "roi_size": [32, 32, 32],
+            "data_limit": 2, "validate_during_training": False},
+    },
+    "demo": {
+        2: {"max_epochs": 8, "epoch_length": 10, "batch_size": 4, "num_samples": 2, "roi_size": [64, 64],
+            "data_limit": None, "validate_during_training": False},
+        3: {"max_epochs": 6, "epoch_length": 10, "batch_size": 1, "num_samples": 2, "roi_size": [48, 48, 48],
+            "data_limit": None, "validate_during_training": False},
+    },
+    "full": {
+        2: {"max_epochs": 20, "epoch_length": 20, "batch_size": 4, "num_samples": 4, "roi_size": [128, 128],
+            "data_limit": None, "validate_during_training": False},
+        3: {"max_epochs": 15, "epoch_length": 20, "batch_size": 2, "num_samples": 2, "roi_size": [64, 64, 64],
+            "data_limit": None, "validate_during_training": False},
+    },
+}
+METRICS = ["dice", "iou", "f1", "surface_dice", "hd95"]
+
+
+def budget_for(mode: str, spatial_dims: int, roi_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """The budget of ``mode`` (``quick``/``full``) for 2D or 3D, optionally with another crop size."""
+    b = dict(BUDGETS[mode][spatial_dims])
+    if roi_size is not None:
+        b["roi_size"] = list(roi_size)
+    return b
+
+
+def gap_closed(method: float, source: float, oracle: float) -> float:
+    """(method - source) / (oracle - source); NaN when the oracle is not better than the source."""
+    denom = oracle - source
+    return float("nan") if denom <= 1e-8 else (method - source) / denom
+
+
+def _evaluate(ctx: MethodContext, out, subdir: str) -> dict[str, float]:
+    from monai_uda.bundle import run_bundle
+
+    ov = ctx.bundle_overrides(subdir)
+    ov.update(out.eval_overrides)
+    ov["checkpoint"] = out.checkpoint
+    ov["eval_dir"] = os.path.join(ctx.workdir, subdir, "target_test")
+    ov["data_limit"] = None  # always the whole target test set
+    wf = run_bundle(out.bundle, ["train.json", "evaluate.json"], **ov)
+    metrics = dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics)
+    return {k: float(metrics[k]) for k in METRICS if k in metrics}
+
+
+def run_benchmark(
+    datalist: str,
+    methods: Sequence[str],
+    out: str,
+    mode: str = "quick",
+    seeds: Sequence[int] = (0,),
+    device: str = "cpu",
+    amp: bool = False,
+    roi_size: Sequence[int] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run ``methods`` on the pair described by ``datalist`` and write the results to ``out``.
+
+    Returns:
+        the per-(method, seed) results table (also written as ``results.csv``).
+    """
+    from tqdm.auto import tqdm
+
+    from monai_uda.data import UDAData
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise KeyError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
+    uda = UDAData(datalist)  # validate once, deeply, before any training
+    os.makedirs(out, exist_ok=True)
+    budget = budget_for(mode, uda.spatial_dims, roi_size)
+    rows = []
+    jobs = [(s, m) for s in seeds for m in methods]
+    bar = tqdm(jobs, desc=f"benchmark {uda.name}", disable=not progress, unit="run")
+    for seed in seeds:
+        cache: dict[str, str] = {}
+        workdir = os.path.join(out, f"seed{seed}")
+
+        def source(ctx_=None, _seed=seed, _workdir=workdir):
+            if "source" not in cache:
+                t = time.time()
+                cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp))
+                cache["source_seconds"] = time.time() - t
+            return cache["source"]
+
+        for method in methods:
+            bar.set_postfix_str(f"{method} seed={seed}")
+            ctx = MethodContext(datalist, workdir, seed, budget, device, amp, _source=source)
+            t = time.time()
+            res = get_method(method)(ctx)
+            seconds = time.time() - t
+            if method == "source":
+                seconds = cache.get("source_seconds", seconds)
+            metrics = _evaluate(ctx, res, f"eval_{method}")
+            rows.append({"pair": uda.name, "method": method, "seed": seed, **metrics, "seconds": round(seconds, 1),
+                         **res.extra})
+            bar.update(1)
+            pd.DataFrame(rows).to_csv(os.path.join(out, "results.partial.csv"), index=False)
+    bar.close()
+    df = pd.DataFrame(rows)
+    df["gap_closed"] = [
+        _row_gap(df, r) for _, r in df.iterrows()
+    ]
+    _write_atomic(df.to_csv(index=False), os.path.join(out, "results.csv"))
+    meta = {"mode": mode, "device": device, "amp": amp, "seeds": list(seeds), "budget": budget,
+            "datalist": os.path.abspath(datalist)}
+    _write_atomic(markdown_table(df, meta), os.path.join(out, "results.md"))
+    plot_results(df, os.path.join(out, "results.png"), title=f"{uda.name} ({mode}, {device})")
+    if os.path.exists(os.path.join(out, "results.partial.csv")):
+        os.remove(os.path.join(out, "results.partial.csv"))
+    return df
+
+
+def _row_gap(df: pd.DataFrame, r) -> float:
+    same = df[df.seed == r.seed]
+    src, orc = same[same.method == "source"], same[same.method == "oracle"]
+    if src.empty or orc.empty or "dice" not in df:
+        return float("nan")
+    return gap_closed(r.dice, float(src.dice.iloc[0]), float(orc.dice.iloc[0]))
+
+
+def _write_atomic(text: str, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> str:
+    """Mean ± std over seeds per method, as a markdown table."""
+    cols = [c for c in METRICS + ["gap_closed", "seconds"] if c in df]
+    lines = []
+    if meta:
+        lines.append(f"pair `{df.pair.iloc[0]}` · mode `{meta['mode']}` · device `{meta['device']}` · "
+                     f"seeds {meta['seeds']} · budget {meta['budget']}")
+        lines.append("")
+    lines.append("| method | " + " | ".join(cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+    for method, g in df.groupby("method", sort=False):
+        cells = []
+        for c in cols:
+            v = g[c].astype(float)
+            if c == "seconds":
+                cells.append(f"{v.mean():.0f}")
+            elif len(v) > 1:
+                cells.append(f"{v.mean():.3f} ± {v.std(ddof=0):.3f}")
+            else:
+                cells.append(f"{v.mean():.3f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(df: pd.DataFrame, path: str, title: str = "") -> str:
+    """Bar chart of target-test Dice per method (mean and std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = df.groupby("method", sort=False)["dice"]
+    mean, std = g.mean(), g.std(ddof=0).fillna(0)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(mean), 3.2))
+    colors = ["#7f7f7f" if m == "source" else "#2ca02c" if m == "oracle" else "#1f77b4" for m in mean.index]
+    ax.bar(mean.index, mean.values, yerr=std.values, color=colors, capsize=3)
+    for i, v in enumerate(mean.values):
+        ax.text(i, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("target test Dice")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,160 @@
+"""The ``monai-uda`` command line: ``demo``, ``datalist``, ``validate``, ``benchmark``, ``shift``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _methods(s: str) -> list[str]:
+    return [m.strip() for m in s.split(",") if m.strip()]
+
+
+def _quiet_engines() -> None:
+    """Keep engine/bundle INFO logs out of the way of the progress bar and the table."""
+    for name in ("ignite", "monai", "monai.bundle", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from monai_uda.benchmarks.methods import METHODS
+    from monai_uda.benchmarks.runner import run_benchmark
+    from monai_uda.data.demo import ensure_demo_datalist
+
+    _quiet_engines()
+    print(f"monai-uda demo: generating the embedded demo pair in {a.out}/data "
+          "(MNI152 anatomy shipped by nilearn, SIMULATED scanner shift; no download)", flush=True)
+    dl = ensure_demo_datalist(os.path.join(a.out, "data"), spatial_dims=a.spatial_dims, seed=0)
+    methods = _methods(a.methods) if a.methods else [m for m in METHODS if METHODS[m].get("demo", True)]
+    df = run_benchmark(dl, methods, a.out, mode="quick" if a.quick else "demo", seeds=a.seeds, device=a.device,
+                       amp=a.amp)
+    _print_summary(df, a.out)
+    return 0
+
+
+def _print_summary(df, out: str) -> None:
+    print()
+    with open(os.path.join(out, "results.md")) as f:
+        print(f.read())
+    g = df.groupby("method")["dice"].mean()
+    if "source" in g and "oracle" in g:
+        print(f"source-only vs oracle: {100 * (g['oracle'] - g['source']):.1f} Dice points lost to the domain shift")
+    print(f"results: {os.path.join(out, 'results.csv')}, {os.path.join(out, 'results.md')}, "
+          f"{os.path.join(out, 'results.png')}")
+
+
+def cmd_datalist(a: argparse.Namespace) -> int:
+    from monai_uda.data import build_pair_datalist
+
+    dl = build_pair_datalist(a.pair, a.data_root, out=a.out)
+    sizes = ", ".join(f"{k}={len(v)}" for k, v in dl.items() if isinstance(v, list))
+    print(f"wrote {a.out}: pair {dl['name']} ({dl['description']}); {sizes}")
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from monai_uda.data import UDAData
+
+    print(UDAData(a.datalist, base_dir=a.dataset_dir, deep=True))
+    print("ok")
+    return 0
+
+
+def cmd_benchmark(a: argparse.Namespace) -> int:
+    from monai_uda.benchmarks.runner import run_benchmark
+    from monai_uda.data import build_pair_datalist
+
+    _quiet_engines()
+    os.makedirs(a.out, exist_ok=True)
+    if a.datalist:
+        dl = a.datalist
+    elif a.pair:
+        dl = os.path.join(a.out, f"{a.pair}.json")
+        build_pair_datalist(a.pair, a.data_root, out=dl)
+    else:
+        raise SystemExit("benchmark needs --pair (with --data-root) or --datalist")
+    df = run_benchmark(dl, _methods(a.methods), a.out, mode="quick" if a.quick else "full", seeds=a.seeds,
+                       device=a.device, amp=a.amp)
+    _print_summary(df, a.out)
+    return 0
+
+
+def cmd_shift(a: argparse.Namespace) -> int:
+    from monai_uda.adaptation.shift_cli import run_shift
+
+    return run_shift(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="monai-uda", description="Unsupervised domain adaptation for MONAI segmentation")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="run source-only, oracle and every method on the embedded demo pair")
+    d.add_argument("--out", default="results/demo")
+    d.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
+    d.add_argument("--methods", default="", help="comma-separated (default: all registered methods)")
+    d.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
+    d.add_argument("--seeds", type=int, nargs="+", default=[0])
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--amp", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+
+    dl = sub.add_parser("datalist", help="write the UDA datalist of a real pair (A1, B2, C1, D1)")
+    dl.add_argument("--pair", required=True)
+    dl.add_argument("--data-root", default=None, help="folder holding the shared data (default ../shared/data)")
+    dl.add_argument("--out", required=True)
+    dl.set_defaults(fn=cmd_datalist)
+
+    v = sub.add_parser("validate", help="validate a UDA datalist (every file opened and checked)")
+    v.add_argument("datalist")
+    v.add_argument("--dataset-dir", default=None)
+    v.set_defaults(fn=cmd_validate)
+
+    b = sub.add_parser("benchmark", help="train/adapt and evaluate methods on a pair")
+    b.add_argument("--pair", default=None)
+    b.add_argument("--data-root", default=None)
+    b.add_argument("--datalist", default=None, help="use this datalist instead of --pair")
+    b.add_argument("--methods", default="source,oracle")
+    b.add_argument("--out", required=True)
+    b.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores (CI); default is the full mode")
+    b.add_argument("--seeds", type=int, nargs="+", default=[0])
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    b.set_defaults(fn=cmd_benchmark)
+
+    s = sub.add_parser("shift", help="per-layer target-normalised W2 feature shift between two image sets")
+    s.add_argument("--model", required=True, help="checkpoint (model.pt) of a UDAUNet")
+    s.add_argument("--source", required=True, help="datalist JSON, folder or glob of source images")
+    s.add_argument("--target", required=True, help="datalist JSON, folder or glob of target images")
+    s.add_argument("--out", default="results/shift")
+    s.add_argument("--spatial-dims", type=int, default=2)
+    s.add_argument("--in-channels", type=int, default=1)
+    s.add_argument("--num-classes", type=int, default=2)
+    s.add_argument("--limit", type=int, default=None)
+    s.set_defaults(fn=cmd_shift)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        from monai_uda.data import DatalistError
+
+        if isinstance(e, (DatalistError, FileNotFoundError, KeyError)):
+            print(f"monai-uda {args.cmd}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Stopping rule of Sheikh & Schultz (MIDL 2022, Sec. 2.2) as an ignite handler.
+
+"Throughout the refinement, we track the Dice score between the early and final segmentations. We stop
+when the absolute difference between the Dice in the current and the previous epoch drops below 0.005."
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from ignite.engine import Engine, Events
+from monai.inferers import Inferer, SimpleInferer
+
+from monai_uda.adaptation.early_refinement import agreement_dice, split_outputs
+
+__all__ = ["AgreementEarlyStop"]
+
+
+class AgreementEarlyStop:
+    """After each epoch, get the early/final Dice agreement on the target set and stop once it settles.
+
+    The agreement ``d_e`` of epoch ``e`` is either computed by this handler on ``data_loader`` (the
+    network in eval mode, no gradient; the mean over images of
+    :func:`~monai_uda.adaptation.early_refinement.agreement_dice`, averaged over the early heads) and
+    stored in ``engine.state.metrics[metric_name]``, or — without ``data_loader`` — read from
+    ``engine.state.metrics[metric_name]`` (e.g. a metric attached to the trainer).
+
+    The engine is terminated after epoch ``e`` when ``|d_e - d_{e-1}| < min_delta`` or when
+    ``e == max_epochs``. The first comparison is after epoch 2 (consecutive refinement epochs), or after
+    epoch 1 with ``compare_with_initial`` (``d_0`` = agreement before refinement; needs ``data_loader``).
+
+    Recorded in ``engine.state``:
+
+    - ``agreement_history``: ``[d_0?, d_1, d_2, ...]`` (``d_0`` only with ``compare_with_initial``);
+    - ``epochs_to_convergence``: the epoch at which training stopped (set at the end of the run in any
+      case, so a run that reached its maximum records the number of epochs run);
+    - ``agreement_converged``: whether the ``min_delta`` criterion fired.
+
+    Args:
+        data_loader: target data (unlabelled; labels, if present, are never read).
+        metric_name: key in ``engine.state.metrics`` to write (with ``data_loader``) or read.
+        min_delta: the paper's 0.005.
+        max_epochs: optional cap in addition to the engine's own ``max_epochs``.
+        inferer: MONAI inferer for the agreement pass (default ``SimpleInferer``; a sliding-window
+            inferer works because the segmentor returns a flat tuple).
+        image_key: image key of dict batches.
+        include_background: include the background class in the agreement Dice.
+        compare_with_initial: also compute ``d_0`` when the run starts.
+        network: the model to evaluate; defaults to ``engine.network``.
+    """
+
+    def __init__(
+        self,
+        data_loader: Iterable | None = None,
+        metric_name: str = "agreement",
+        min_delta: float = 0.005,
+        max_epochs: int | None = None,
+        inferer: Inferer | Callable | None = None,
+        image_key: str = "image",
+        include_background: bool = False,
+        compare_with_initial: bool = False,
+        network: torch.nn.Module | None = None,
+    ):
+        if min_delta < 0:
+            raise ValueError(f"`min_delta` must be >= 0, got {min_delta}.")
+        if max_epochs is not None and max_epochs < 1:
+            raise ValueError(f"`max_epochs` must be >= 1, got {max_epochs}.")
+        if compare_with_initial and data_loader is None:
+            raise ValueError("`compare_with_initial` needs `data_loader` (no metric exists before the first epoch).")
+        self.data_loader = data_loader
+        self.metric_name = metric_name
+        self.min_delta = float(min_delta)
+        self.max_epochs = max_epochs
+        self.inferer = SimpleInferer() if inferer is None else inferer
+        self.image_key = image_key
+        self.include_background = include_background
+        self.compare_with_initial = compare_with_initial
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        """Register the handler on ``engine`` (STARTED, EPOCH_COMPLETED, COMPLETED)."""
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, engine: Engine) -> None:
+        engine.state.agreement_history = []
+        engine.state.agreement_converged = False
+        engine.state.epochs_to_convergence = None
+        if self.compare_with_initial:
+            engine.state.agreement_history.append(self.compute_agreement(engine))
+
+    def _completed(self, engine: Engine) -> None:
+        if engine.state.epochs_to_convergence is None:
+            engine.state.epochs_to_convergence = engine.state.epoch
+
+    def _image(self, batch) -> torch.Tensor:
+        if isinstance(batch, torch.Tensor):
+            return batch
+        if isinstance(batch, dict):
+            if self.image_key not in batch:
+                raise KeyError(f"AgreementEarlyStop: batch has no image key {self.image_key!r}; keys: {list(batch)}.")
+            return batch[self.image_key]
+        return batch[0]
+
+    def compute_agreement(self, engine: Engine) -> float:
+        """Mean early/final Dice agreement over ``data_loader`` (eval mode; training flags restored)."""
+        net = self.network if self.network is not None else getattr(engine, "network", None)
+        if net is None:
+            raise ValueError("AgreementEarlyStop: no `network` given and the engine has no `network`.")
+        device = getattr(engine.state, "device", None)
+        flags = {m: m.training for m in net.modules()}
+        net.eval()
+        values = []
+        try:
+            with torch.no_grad():
+                for batch in self.data_loader:
+                    x = self._image(batch)
+                    if device is not None:
+                        x = x.to(device)
+                    final, early = split_outputs(self.inferer(x, net))
+                    per_head = [agreement_dice(final, e, self.include_background) for e in early]
+                    values.append(torch.stack(per_head).mean(0).cpu())
+        finally:
+            for m, flag in flags.items():
+                m.training = flag
+        if not values:
+            raise ValueError("AgreementEarlyStop: `data_loader` yielded no batches.")
+        return float(torch.cat(values).mean())
+
+    def __call__(self, engine: Engine) -> None:
+        if not hasattr(engine.state, "agreement_history"):  # attached without STARTED (e.g. add_event_handler)
+            self._started(engine)
+        if self.data_loader is not None:
+            value = self.compute_agreement(engine)
+            engine.state.metrics[self.metric_name] = value
+        else:
+            if self.metric_name not in engine.state.metrics:
+                raise KeyError(
+                    f"AgreementEarlyStop: engine.state.metrics has no {self.metric_name!r} "
+                    f"(available: {list(engine.state.metrics)}); attach the metric or give `data_loader`."
+                )
+            value = float(engine.state.metrics[self.metric_name])
+        if value != value:
+            raise ValueError(
+                f"AgreementEarlyStop: the agreement {self.metric_name!r} is NaN at epoch {engine.state.epoch}."
+            )
+        history = engine.state.agreement_history
+        history.append(value)
+        epoch = engine.state.epoch
+        if len(history) >= 2 and abs(history[-1] - history[-2]) < self.min_delta:
+            engine.state.agreement_converged = True
+            engine.state.epochs_to_convergence = epoch
+            engine.terminate()
+        elif self.max_epochs is not None and epoch >= self.max_epochs:
+            engine.state.epochs_to_convergence = epoch
+            engine.terminate()

@@ -1,0 +1,33 @@
+import math
+import os
+
+import pandas as pd
+import pytest
+
+from monai_uda.benchmarks.methods import METHODS
+from monai_uda.benchmarks.runner import gap_closed, markdown_table, run_benchmark
+
+
+def test_gap_closed():
+    assert gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
+    assert gap_closed(0.2, 0.2, 0.8) == 0.0
+    assert math.isnan(gap_closed(0.5, 0.8, 0.8))
+
+
+def test_registry_has_baselines():
+    assert {"source", "oracle"} <= set(METHODS)
+
+
+def test_quick_benchmark_writes_csv_table_chart(tmp_path, tiny_demo_2d, monkeypatch):
+    from monai_uda.benchmarks import runner
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=1, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+    df = run_benchmark(tiny_demo_2d, ["source", "oracle"], str(tmp_path), mode="quick", progress=False)
+    for f in ("results.csv", "results.md", "results.png"):
+        assert os.path.isfile(tmp_path / f)
+    csv = pd.read_csv(tmp_path / "results.csv")
+    assert list(csv.method) == ["source", "oracle"]
+    assert csv.loc[csv.method == "oracle", "gap_closed"].iloc[0] == 1.0
+    assert "| source |" in (tmp_path / "results.md").read_text()
+    assert markdown_table(df).count("\n") == 4

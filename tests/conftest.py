@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny demo pair, the shared data root, and common skips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MONAI_UDA_DATA", REPO.parent / "shared" / "data"))
+
+TINY_SPLITS = {"source_training": 2, "source_validation": 1, "target_training": 1, "target_test": 1, "oracle_training": 1}
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder (``../shared/data``); tests using it skip cleanly when it is absent."""
+    if not (SHARED_DATA / "manifest.json").is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_2d(tmp_path_factory) -> str:
+    """A tiny 2D demo pair (few subjects, 3 slices each) and its datalist path."""
+    from monai_uda.data.demo import make_demo_pair
+
+    return make_demo_pair(tmp_path_factory.mktemp("demo2d"), spatial_dims=2, slices_per_subject=3, splits=TINY_SPLITS)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_3d(tmp_path_factory) -> str:
+    from monai_uda.data.demo import make_demo_pair
+
+    return make_demo_pair(tmp_path_factory.mktemp("demo3d"), spatial_dims=3, splits=TINY_SPLITS)
