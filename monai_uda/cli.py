@@ -25,7 +25,7 @@ def _quiet_engines() -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from monai_uda.benchmarks.methods import METHODS
+    from monai_uda.benchmarks.methods import load_methods
     from monai_uda.benchmarks.runner import run_benchmark
     from monai_uda.data.demo import ensure_demo_datalist
 
@@ -33,7 +33,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     print(f"monai-uda demo: generating the embedded demo pair in {a.out}/data "
           "(MNI152 anatomy shipped by nilearn, SIMULATED scanner shift; no download)", flush=True)
     dl = ensure_demo_datalist(os.path.join(a.out, "data"), spatial_dims=a.spatial_dims, seed=0)
-    methods = _methods(a.methods) if a.methods else [m for m in METHODS if METHODS[m].get("demo", True)]
+    methods = _methods(a.methods) if a.methods else list(load_methods())
     df = run_benchmark(dl, methods, a.out, mode="quick" if a.quick else "demo", seeds=a.seeds, device=a.device,
                        amp=a.amp)
     _print_summary(df, a.out)

@@ -16,7 +16,9 @@ TINY_SPLITS = {"source_training": 2, "source_validation": 1, "target_training": 
 def pytest_configure(config):
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # one thread per xdist worker (2 workers on 2 cores); all cores otherwise
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")

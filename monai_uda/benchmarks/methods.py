@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["MethodContext", "MethodOutput", "METHODS", "register_method", "get_method"]
+__all__ = ["MethodContext", "MethodOutput", "METHODS", "PLUGINS", "register_method", "get_method", "load_methods"]
 
 
 @dataclass
@@ -88,7 +88,31 @@ def register_method(name: str, description: str = "") -> Callable:
     return deco
 
 
+#: modules that register methods when imported (one per method family)
+PLUGINS = (
+    "monai_uda.benchmarks.methods_bn",
+    "monai_uda.benchmarks.methods_early",
+    "monai_uda.benchmarks.methods_buda",
+    "monai_uda.benchmarks.methods_s2d",
+    "monai_uda.benchmarks.methods_past",
+)
+
+
+def load_methods() -> dict[str, dict[str, Any]]:
+    """Import every method plugin that exists (a missing plugin module is skipped) and return :data:`METHODS`."""
+    import importlib
+
+    for mod in PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # the plugin exists but one of its imports is missing: a real error
+                raise
+    return METHODS
+
+
 def get_method(name: str) -> Callable[[MethodContext], MethodOutput]:
+    load_methods()
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; available: {sorted(METHODS)}")
     return METHODS[name]["fn"]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .methods import METHODS, MethodContext, get_method, train_source
+from .methods import METHODS, MethodContext, get_method, load_methods, train_source
 
 __all__ = ["BUDGETS", "budget_for", "run_benchmark", "gap_closed", "markdown_table", "plot_results"]
 
@@ -93,6 +93,7 @@ def run_benchmark(
 
     from monai_uda.data import UDAData
 
+    load_methods()
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise KeyError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
