@@ -17,7 +17,7 @@ def _methods(s: str) -> list[str]:
 
 def _quiet_engines() -> None:
     """Keep engine/bundle INFO logs out of the way of the progress bar and the table."""
-    for name in ("ignite", "monai", "monai.bundle", "py.warnings"):
+    for name in ("", "ignite", "monai", "monai.bundle", "monai.handlers.StatsHandler", "py.warnings"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import warnings
 
