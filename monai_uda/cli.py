@@ -88,9 +88,29 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
 
 
 def cmd_shift(a: argparse.Namespace) -> int:
-    from monai_uda.adaptation.shift_cli import run_shift
+    import torch
+    from monai.data import DataLoader, Dataset
 
-    return run_shift(a)
+    from monai_uda.adaptation.shift_report import format_table, shift_report
+    from monai_uda.data.image_sets import image_items
+    from monai_uda.networks import UDAUNet
+    from monai_uda.transforms import segmentation_transforms
+
+    if not os.path.isfile(a.model):
+        raise FileNotFoundError(f"model checkpoint not found: {a.model}")
+    net = UDAUNet(a.spatial_dims, a.in_channels, a.num_classes)
+    state = torch.load(a.model, map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+    xform = segmentation_transforms("infer", spatial_dims=a.spatial_dims, in_channels=a.in_channels)
+
+    def loader(spec, key):
+        return DataLoader(Dataset(image_items(spec, key, a.limit), xform), batch_size=1, num_workers=0)
+
+    df = shift_report(net, loader(a.source, "source_training"), loader(a.target, "target_training"), a.out)
+    print(format_table(df))
+    print(f"aggregate normalised W2: {df.attrs.get('aggregate', float('nan')):.4g}")
+    print(f"wrote {os.path.join(a.out, 'shift.csv')} and {os.path.join(a.out, 'shift.png')}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

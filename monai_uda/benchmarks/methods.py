@@ -43,6 +43,7 @@ class MethodContext:
     budget: dict[str, Any]
     device: str = "cpu"
     amp: bool = False
+    progress: bool = False
     _source: Callable[[], str] | None = None
 
     @property
@@ -70,6 +71,7 @@ class MethodContext:
             "device": f"$torch.device('{self.device}')",
             "amp": bool(self.amp),
             "spatial_dims": self.uda.spatial_dims,
+            "progress": self.progress,
         }
         ov.update(self.budget)
         return ov

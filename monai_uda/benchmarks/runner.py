@@ -68,6 +68,7 @@ def _evaluate(ctx: MethodContext, out, subdir: str) -> dict[str, float]:
     ov["checkpoint"] = out.checkpoint
     ov["eval_dir"] = os.path.join(ctx.workdir, subdir, "target_test")
     ov["data_limit"] = None  # always the whole target test set
+    ov["progress"] = False
     wf = run_bundle(out.bundle, ["train.json", "evaluate.json"], **ov)
     metrics = dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics)
     return {k: float(metrics[k]) for k in METRICS if k in metrics}
@@ -110,13 +111,13 @@ def run_benchmark(
         def source(ctx_=None, _seed=seed, _workdir=workdir):
             if "source" not in cache:
                 t = time.time()
-                cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp))
+                cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp, progress))
                 cache["source_seconds"] = time.time() - t
             return cache["source"]
 
         for method in methods:
             bar.set_postfix_str(f"{method} seed={seed}")
-            ctx = MethodContext(datalist, workdir, seed, budget, device, amp, _source=source)
+            ctx = MethodContext(datalist, workdir, seed, budget, device, amp, progress, _source=source)
             t = time.time()
             res = get_method(method)(ctx)
             seconds = time.time() - t
