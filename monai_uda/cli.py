@@ -82,7 +82,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     else:
         raise SystemExit("benchmark needs --pair (with --data-root) or --datalist")
     df = run_benchmark(dl, _methods(a.methods), a.out, mode="quick" if a.quick else "full", seeds=a.seeds,
-                       device=a.device, amp=a.amp)
+                       device=a.device, amp=a.amp, resume=a.resume)
     _print_summary(df, a.out)
     return 0
 
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, nargs="+", default=[0])
     b.add_argument("--device", default="cpu")
     b.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    b.add_argument("--resume", action="store_true",
+                   help="keep finished (method, seed) results and the trained source model in --out")
     b.set_defaults(fn=cmd_benchmark)
 
     s = sub.add_parser("shift", help="per-layer target-normalised W2 feature shift between two image sets")

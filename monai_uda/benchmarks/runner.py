@@ -37,9 +37,9 @@ BUDGETS: dict[str, dict[int, dict[str, Any]]] = {
             "data_limit": None, "validate_during_training": False},
     },
     "full": {
-        2: {"max_epochs": 20, "epoch_length": 20, "batch_size": 4, "num_samples": 4, "roi_size": [128, 128],
+        2: {"max_epochs": 12, "epoch_length": 20, "batch_size": 4, "num_samples": 2, "roi_size": [128, 128],
             "data_limit": None, "validate_during_training": False},
-        3: {"max_epochs": 15, "epoch_length": 20, "batch_size": 2, "num_samples": 2, "roi_size": [64, 64, 64],
+        3: {"max_epochs": 10, "epoch_length": 20, "batch_size": 2, "num_samples": 2, "roi_size": [64, 64, 64],
             "data_limit": None, "validate_during_training": False},
     },
 }
@@ -84,8 +84,13 @@ def run_benchmark(
     amp: bool = False,
     roi_size: Sequence[int] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> pd.DataFrame:
     """Run ``methods`` on the pair described by ``datalist`` and write the results to ``out``.
+
+    With ``resume``, (method, seed) rows already in ``out/results.csv`` (or the partial file of an
+    interrupted run) are kept instead of re-run, and a finished source model of a seed is reused,
+    so adding a method to a finished benchmark only runs that method.
 
     Returns:
         the per-(method, seed) results table (also written as ``results.csv``).
@@ -102,6 +107,7 @@ def run_benchmark(
     os.makedirs(out, exist_ok=True)
     budget = budget_for(mode, uda.spatial_dims, roi_size)
     rows = []
+    done = _previous_rows(out) if resume else {}
     jobs = [(s, m) for s in seeds for m in methods]
     bar = tqdm(jobs, desc=f"benchmark {uda.name}", disable=not progress, unit="run")
     for seed in seeds:
@@ -109,6 +115,9 @@ def run_benchmark(
         workdir = os.path.join(out, f"seed{seed}")
 
         def source(ctx_=None, _seed=seed, _workdir=workdir):
+            finished = os.path.join(_workdir, "source", "model.pt")
+            if "source" not in cache and resume and os.path.isfile(finished):
+                cache["source"] = finished
             if "source" not in cache:
                 t = time.time()
                 cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp, progress))
@@ -117,6 +126,10 @@ def run_benchmark(
 
         for method in methods:
             bar.set_postfix_str(f"{method} seed={seed}")
+            if (method, seed) in done:
+                rows.append(done[(method, seed)])
+                bar.update(1)
+                continue
             ctx = MethodContext(datalist, workdir, seed, budget, device, amp, progress, _source=source)
             t = time.time()
             res = get_method(method)(ctx)
@@ -141,6 +154,17 @@ def run_benchmark(
     if os.path.exists(os.path.join(out, "results.partial.csv")):
         os.remove(os.path.join(out, "results.partial.csv"))
     return df
+
+
+def _previous_rows(out: str) -> dict[tuple[str, int], dict[str, Any]]:
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for name in ("results.csv", "results.partial.csv"):
+        p = os.path.join(out, name)
+        if os.path.isfile(p):
+            for r in pd.read_csv(p).to_dict("records"):
+                r.pop("gap_closed", None)
+                rows[(r["method"], int(r["seed"]))] = r
+    return rows
 
 
 def _row_gap(df: pd.DataFrame, r) -> float:

@@ -31,3 +31,15 @@ def test_quick_benchmark_writes_csv_table_chart(tmp_path, tiny_demo_2d, monkeypa
     assert csv.loc[csv.method == "oracle", "gap_closed"].iloc[0] == 1.0
     assert "| source |" in (tmp_path / "results.md").read_text()
     assert markdown_table(df).count("\n") == 4
+
+
+def test_resume_keeps_finished_rows(tmp_path, tiny_demo_2d, monkeypatch):
+    from monai_uda.benchmarks import methods, runner
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=1, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+    run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), mode="quick", progress=False)
+    calls = []
+    monkeypatch.setattr(methods, "_train", lambda *a, **k: calls.append(a) or "never")
+    df = run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), mode="quick", progress=False, resume=True)
+    assert calls == [] and list(df.method) == ["source"]  # neither re-trained nor re-evaluated
