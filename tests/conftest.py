@@ -42,3 +42,24 @@ def tiny_demo_3d(tmp_path_factory) -> str:
     from monai_uda.data.demo import make_demo_pair
 
     return make_demo_pair(tmp_path_factory.mktemp("demo3d"), spatial_dims=3, splits=TINY_SPLITS)
+
+
+@pytest.fixture(scope="session")
+def verify_metadata():
+    """``verify(bundle_name)``: runs MONAI's verify_metadata against the schema shipped in the package."""
+    import subprocess
+    import sys
+
+    from monai_uda.bundle import bundle_dir
+
+    schema = REPO / "monai_uda" / "schemas" / "meta_schema.json"
+
+    def verify(name: str) -> None:
+        meta = bundle_dir(name) / "configs" / "metadata.json"
+        r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta),
+                            "--filepath", str(schema)], capture_output=True, text=True)
+        assert r.returncode == 0 and "verified with no error" in r.stdout + r.stderr, r.stderr[-2000:]
+        for f in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/inference.json"):
+            assert (bundle_dir(name) / f).is_file(), f"{name}: {f} missing"
+
+    return verify
