@@ -103,13 +103,16 @@ PLUGINS = (
 def load_methods() -> dict[str, dict[str, Any]]:
     """Import every method plugin that exists (a missing plugin module is skipped) and return :data:`METHODS`."""
     import importlib
+    import warnings
 
     for mod in PLUGINS:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
-            if e.name != mod:  # the plugin exists but one of its imports is missing: a real error
-                raise
+            if e.name != mod:  # the plugin exists but one of its imports is missing
+                warnings.warn(f"method plugin {mod} could not be imported and is skipped: {e}")
+        except Exception as e:  # a broken plugin must not take the other methods down
+            warnings.warn(f"method plugin {mod} failed to import and is skipped: {type(e).__name__}: {e}")
     return METHODS
 
 
