@@ -1,0 +1,172 @@
+"""Shallow-to-deep (paper 003) in ``monai-uda benchmark``: ``rf``, ``enhancer``, ``s2d`` and the Table 7 ablations.
+
+Per seed, the steps shared by all five methods run once in ``<workdir>/s2d_common`` with the benchmark's
+budget (``bundles/shallow2deep_segmentation``): source forests (``prepare_forests.json``), the Prediction
+Enhancer (``train_enhancer.json``, ``max_epochs x epoch_length`` iterations like every method) and the
+target forest from brushstrokes (``adapt.json`` up to the forest). Benchmarks have no user, so the strokes
+are **simulated** from ``oracle_training`` labels (the documented simulator; a stand-in for a user's eyes,
+never seen by any network). The scribble budget is reported in every row (``scribble_pixels``,
+``scribble_images``).
+
+- ``rf``: the scribble forest alone; ``enhancer``: forest + Prediction Enhancer. Neither is a ``UDAUNet``:
+  they are evaluated through the source bundle's ``evaluate.json`` with ``network_def`` overridden by
+  :class:`~monai_uda.adaptation.s2d_workflow.ForestEnhancerNet` (raw image -> features -> forest ->
+  enhancer -> two-channel log-probabilities) and a whole-image ``SimpleInferer`` (features need the
+  whole image), so no runner change is needed.
+- ``s2d``: the pseudo-label network (consistency + rectification); ``s2d_noteacher``: without the
+  mean-teacher consistency term; ``s2d_norect``: without label rectification (Table 7). Plain ``UDAUNet``
+  checkpoints.
+
+Forest sizes scale with the budget (``iterations = max_epochs * epoch_length``): quick budgets get 8 source
+forests and a 20-tree target forest, larger ones up to 100 source forests (10 trees each) and a 100-tree
+target forest (ilastik's default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from monai_uda.benchmarks.methods import MethodContext, MethodOutput, register_method
+
+__all__ = ["shallow2deep_common", "s2d_sizes", "rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect"]
+
+BUNDLE = "shallow2deep_segmentation"
+_UNET = {"_target_": "monai_uda.networks.UDAUNet", "in_channels": 1, "out_channels": 2}
+
+
+def s2d_sizes(budget: dict) -> dict:
+    """Forest counts/sizes for a budget (see module docstring)."""
+    iters = int(budget.get("max_epochs") or 1) * int(budget.get("epoch_length") or 1)
+    return {
+        "n_forests": int(min(100, max(8, iters // 4))),
+        "forest_trees": 10,
+        "target_forest_trees": 100 if iters >= 100 else 20,
+    }
+
+
+def _overrides(ctx: MethodContext, subdir: str) -> dict:
+    ov = ctx.bundle_overrides(subdir)
+    ov.pop("validate_during_training", None)
+    d = os.path.join(ctx.workdir, "s2d_common")
+    ov.update(
+        forest_file=os.path.join(d, "source_forests.joblib"),
+        enhancer_file=os.path.join(d, "enhancer.pt"),
+        target_forest_file=os.path.join(d, "target_forest.joblib"),
+        n_jobs=1,
+        **s2d_sizes(ctx.budget),
+    )
+    return ov
+
+
+def shallow2deep_common(ctx: MethodContext) -> dict:
+    """Source forests, enhancer and target forest of this seed (built once, then reused); returns the facts."""
+    from monai_uda.bundle import run_bundle
+
+    d = os.path.join(ctx.workdir, "s2d_common")
+    facts_file = os.path.join(d, "facts.json")
+    if os.path.isfile(facts_file):
+        with open(facts_file) as fh:
+            return json.load(fh)
+    ov = _overrides(ctx, "s2d_common")
+    facts: dict = {"source_forests": ov["n_forests"], "target_forest_trees": ov["target_forest_trees"]}
+    t = time.time()
+    run_bundle(BUNDLE, "prepare_forests.json", workflow_type=None, overwrite_forests=True, **ov)
+    facts["source_forests_s"] = round(time.time() - t, 2)
+    t = time.time()
+    run_bundle(BUNDLE, "train_enhancer.json", workflow_type=None, **ov)
+    facts["enhancer_train_s"] = round(time.time() - t, 2)
+    wf = run_bundle(
+        BUNDLE, "adapt.json", workflow_type=None,
+        initialize=["$monai.utils.set_determinism(seed=@seed)"],
+        run=["$@target_forest"],
+        **ov,
+    )
+    info = wf.parser.get_parsed_content("scribble_data")[1]
+    facts.update({
+        "scribble_simulated": bool(info["simulated"]),
+        "scribble_images": info["scribble_images"],
+        "scribble_pixels": info["scribble_pixels"],
+        "scribble_fg_pixels": info["scribble_fg_pixels"],
+        "target_forest_features_s": info.get("target_forest_features_s"),
+        "target_forest_fit_s": info.get("target_forest_fit_s"),
+    })
+    facts.update(forest_file=ov["forest_file"], enhancer_file=ov["enhancer_file"],
+                 target_forest_file=ov["target_forest_file"])
+    tmp = facts_file + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(facts, fh, indent=2)
+    os.replace(tmp, facts_file)
+    return facts
+
+
+def _extra(facts: dict, **more) -> dict:
+    keep = ("scribble_simulated", "scribble_images", "scribble_pixels", "scribble_fg_pixels", "source_forests",
+            "source_forests_s", "enhancer_train_s", "target_forest_features_s", "target_forest_fit_s")
+    return {**{k: facts[k] for k in keep if k in facts}, **more}
+
+
+def _forest_output(ctx: MethodContext, use_enhancer: bool) -> MethodOutput:
+    from monai_uda.adaptation.s2d_workflow import ForestEnhancerNet
+    from monai_uda.networks.unet import UDAUNet
+
+    facts = shallow2deep_common(ctx)
+    net_def = {"_target_": "monai_uda.adaptation.s2d_workflow.ForestEnhancerNet",
+               "forest_path": facts["target_forest_file"]}
+    enh = None
+    if use_enhancer:
+        net_def["enhancer"] = dict(_UNET, spatial_dims=ctx.uda.spatial_dims)
+        enh = UDAUNet(spatial_dims=ctx.uda.spatial_dims, in_channels=1, out_channels=2)
+    net = ForestEnhancerNet(facts["target_forest_file"], enh, facts["enhancer_file"] if use_enhancer else None)
+    name = "enhancer" if use_enhancer else "rf"
+    ckpt = os.path.join(ctx.workdir, f"s2d_{name}", "model.pt")
+    os.makedirs(os.path.dirname(ckpt), exist_ok=True)
+    torch.save(net.state_dict(), ckpt + ".tmp")
+    os.replace(ckpt + ".tmp", ckpt)
+    return MethodOutput(
+        checkpoint=ckpt,
+        eval_overrides={"network_def": net_def, "validate#inferer": {"_target_": "SimpleInferer"}},
+        extra=_extra(facts),
+    )
+
+
+def _pseudo_label_net(ctx: MethodContext, consistency: bool, rectification: bool, subdir: str) -> MethodOutput:
+    from monai_uda.bundle import run_bundle
+
+    facts = shallow2deep_common(ctx)
+    ov = _overrides(ctx, subdir)
+    t = time.time()
+    wf = run_bundle(BUNDLE, "adapt.json", workflow_type=None, overwrite_target_forest=False,
+                    consistency=consistency, rectification=rectification, **ov)
+    seconds = time.time() - t
+    epochs = wf.parser.get_parsed_content("train#trainer").state.epoch
+    return MethodOutput(checkpoint=os.path.join(ov["ckpt_dir"], "model.pt"),
+                        extra=_extra(facts, adapt_seconds=round(seconds, 1), epochs=epochs))
+
+
+@register_method("rf", "shallow2deep: Random Forest trained on target brushstrokes (simulated user), alone")
+def rf(ctx: MethodContext) -> MethodOutput:
+    return _forest_output(ctx, use_enhancer=False)
+
+
+@register_method("enhancer", "shallow2deep: target scribble forest + source-trained Prediction Enhancer")
+def enhancer(ctx: MethodContext) -> MethodOutput:
+    return _forest_output(ctx, use_enhancer=True)
+
+
+@register_method("s2d", "shallow2deep: pseudo-label UNet from enhancer predictions (consistency + rectification)")
+def s2d(ctx: MethodContext) -> MethodOutput:
+    return _pseudo_label_net(ctx, True, True, "s2d")
+
+
+@register_method("s2d_noteacher", "shallow2deep ablation: pseudo-label UNet without the mean-teacher consistency")
+def s2d_noteacher(ctx: MethodContext) -> MethodOutput:
+    return _pseudo_label_net(ctx, False, True, "s2d_noteacher")
+
+
+@register_method("s2d_norect", "shallow2deep ablation: pseudo-label UNet without label rectification")
+def s2d_norect(ctx: MethodContext) -> MethodOutput:
+    return _pseudo_label_net(ctx, True, False, "s2d_norect")

@@ -1,0 +1,131 @@
+"""Model-zoo style bundle test of ``shallow2deep_segmentation``: the real configs on a tiny demo pair."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_uda.bundle import bundle_dir, run_bundle
+
+BUNDLE = "shallow2deep_segmentation"
+TINY = {"max_epochs": 1, "epoch_length": 2, "batch_size": 2, "num_samples": 1, "roi_size": [32, 32]}
+FORESTS = {"n_forests": 3, "forest_trees": 3, "samples_per_class": 100, "patch_size_range": [24, 64]}
+
+
+def _ov(root, datalist, **kw):
+    return {"bundle_root": str(root), "datalist": datalist, "ckpt_dir": str(root / "models"),
+            "output_dir": str(root / "eval"), "workflow_type": None, **kw}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory, tiny_demo_2d):
+    """Source forests + enhancer (steps 1-2), built once for the module."""
+    root = tmp_path_factory.mktemp("s2d_bundle")
+    run_bundle(BUNDLE, "prepare_forests.json", **_ov(root, tiny_demo_2d, **FORESTS))
+    wf = run_bundle(BUNDLE, "train_enhancer.json", **_ov(root, tiny_demo_2d, **TINY))
+    return root, wf
+
+
+def test_prepare_and_enhancer(upstream):
+    from monai_uda.adaptation.forests import load_forests
+
+    root, wf = upstream
+    forests, feats = load_forests(root / "models" / "source_forests.joblib")
+    assert len(forests) == 3 and feats.num_features(2) == 43
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
+    sd = torch.load(root / "models" / "enhancer.pt", weights_only=True)
+    assert sd["conv_0.conv_0.conv.weight"].shape[1] == 1  # one input channel: a forest probability
+
+
+def test_enhancer_samples_never_hold_raw_images(upstream):
+    from monai_uda.adaptation.s2d_workflow import enhancer_prepare_batch
+    from monai_uda.adaptation.shallow2deep import ENHANCER_INPUT_KEY, RF_PROBABILITY
+
+    _, wf = upstream
+    sample = wf.parser.get_parsed_content("train#dataset")[0][0]
+    assert set(sample) == {"rf_prob", "label"}  # the raw image was dropped after the forest
+    assert sample["rf_prob"].meta[ENHANCER_INPUT_KEY] == RF_PROBABILITY
+    assert sample["rf_prob"].shape == sample["label"].shape == (1, 32, 32)
+    assert 0 <= float(sample["rf_prob"].min()) and float(sample["rf_prob"].max()) <= 1
+    with pytest.raises(ValueError, match="raw"):
+        enhancer_prepare_batch({"rf_prob": sample["rf_prob"][None], "label": sample["label"][None],
+                                "image": torch.zeros(1, 1, 32, 32)})
+    network = wf.parser.get_parsed_content("network")  # the PredictionEnhancer wrapper the trainer uses
+    with pytest.raises(ValueError, match="never raw images"):
+        network(torch.randn(1, 1, 32, 32))
+
+
+def test_adapt_evaluate_infer_simulated_user(upstream, tiny_demo_2d, tmp_path, caplog):
+    root, _ = upstream
+    ov = _ov(root, tiny_demo_2d, output_dir=str(tmp_path / "eval"), target_forest_trees=5, scribble_images=1, **TINY)
+    with caplog.at_level("WARNING"):
+        wf = run_bundle(BUNDLE, "adapt.json", **ov)
+    assert "SIMULATED USER" in caplog.text and "labelled pixels" in caplog.text
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
+    summary = json.loads((tmp_path / "eval" / "s2d_summary.json").read_text())
+    assert summary["scribbles"]["simulated"] and summary["scribble_source"].startswith("SIMULATED")
+    assert summary["scribbles"]["scribble_pixels"] == (
+        summary["scribbles"]["scribble_bg_pixels"] + summary["scribbles"]["scribble_fg_pixels"]) > 0
+    pseudo = wf.parser.get_parsed_content("pseudo_items")
+    assert len(pseudo) == 3 and all(0 <= float(p["pseudo"].min()) <= float(p["pseudo"].max()) <= 1 for p in pseudo)
+    sd = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert "conv_0.conv_0.conv.weight" in sd  # a plain UDAUNet state dict
+
+    ev = run_bundle(BUNDLE, ["adapt.json", "evaluate.json"], **ov)
+    metrics = ev.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert 0.0 <= metrics["dice"] <= 1.0
+
+    inf = run_bundle(BUNDLE, "inference.json", workflow_type="infer", bundle_root=str(root),
+                     checkpoint=str(root / "models" / "model.pt"),
+                     input_dir=os.path.join(os.path.dirname(tiny_demo_2d), "2d"), output_dir=str(tmp_path / "pred"),
+                     roi_size=[32, 32])
+    assert len(glob.glob(str(tmp_path / "pred" / "*_seg.nii.gz"))) == 9
+    y = inf.parser.get_parsed_content("network_def").eval()(torch.rand(1, 1, 32, 32))
+    assert isinstance(y, torch.Tensor) and y.shape == (1, 2, 32, 32)  # one tensor, as MONAI Label expects
+
+
+def test_adapt_with_user_scribble_files_and_ablation_switches(upstream, tiny_demo_2d, tmp_path, caplog):
+    root, _ = upstream
+    with open(tiny_demo_2d) as fh:
+        dl = json.load(fh)
+    base = os.path.dirname(tiny_demo_2d)
+    img_path = os.path.join(base, dl["target_training"][0]["image"])
+    img = nib.load(img_path)
+    scr = np.zeros(img.shape, np.uint8)
+    h, w = scr.shape[:2]
+    scr[: h // 8, : w // 8] = 1  # background corner
+    scr[h // 2 - 2 : h // 2 + 2, w // 2 - 2 : w // 2 + 2] = 2  # a foreground dab in the middle
+    scr_path = str(tmp_path / "scribble.nii.gz")
+    nib.save(nib.Nifti1Image(scr, img.affine), scr_path)
+    ov = _ov(root, tiny_demo_2d, output_dir=str(tmp_path / "eval"), ckpt_dir=str(tmp_path / "models"),
+             forest_file=str(root / "models" / "source_forests.joblib"), enhancer_file=str(root / "models" / "enhancer.pt"),
+             target_forest_trees=5, scribbles=[{"image": img_path, "scribble": scr_path}],
+             simulate_scribbles_from=None, consistency=False, rectification=False, **TINY)
+    with caplog.at_level("WARNING"):
+        wf = run_bundle(BUNDLE, "adapt.json", **ov)
+    assert "SIMULATED USER" not in caplog.text
+    loss = wf.parser.get_parsed_content("loss")
+    assert not loss.consistency and not loss.rectification
+    info = json.loads((tmp_path / "eval" / "s2d_summary.json").read_text())["scribbles"]
+    assert not info["simulated"]
+    assert info["scribble_bg_pixels"] == int((scr == 1).sum()) and info["scribble_fg_pixels"] == 16
+    assert os.path.isfile(tmp_path / "models" / "model.pt")
+
+
+def test_metadata_verifies():
+    d = bundle_dir(BUNDLE)
+    schema = os.path.join(os.path.dirname(__file__), "..", "..", "monai_uda", "schemas", "meta_schema.json")
+    r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+                        str(d / "configs" / "metadata.json"), "--filepath", schema],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "verified with no error" in (r.stdout + r.stderr)
+    readme = (d / "docs" / "README.md").read_text()
+    assert "same" in readme.lower() and "simulated" in readme.lower()
