@@ -29,38 +29,20 @@ from .datalist import DatalistError, validate_uda_datalist, write_uda_datalist
 
 __all__ = ["PAIRS", "build_pair_datalist", "default_data_root"]
 
-PAIRS: dict[str, dict[str, Any]] = {
-    "A1": {
-        "description": "mitochondria, EPFL hippocampus FIB-SEM -> Drosophila VNC ssTEM",
-        "source": "em_epfl_hippocampus_fibsem",
-        "target": "em_drosophila_vnc_sstem",
-        "label": "mito",
-        "source_spacing": [5.0, 5.0],
-        "target_spacing": [4.6, 4.6],
-    },
-    "B2": {
-        "description": "membranes, ISBI 2012 ssTEM -> Drosophila VNC ssTEM (mild shift)",
-        "source": "em_isbi2012_membranes",
-        "target": "em_drosophila_vnc_sstem",
-        "label": "membrane",
-        "source_spacing": [4.0, 4.0],
-        "target_spacing": [4.6, 4.6],
-    },
-    "C1": {
-        "description": "nuclei, DSB2018 fluorescence -> DSB2018 H&E brightfield",
-        "source": "nuclei_dsb2018_fluorescence",
-        "target": "nuclei_dsb2018_he_brightfield",
-        "label": "nuclei",
-        "source_spacing": [1.0, 1.0],
-        "target_spacing": [1.0, 1.0],
-    },
-    "D1": {
-        "description": "whole tumour, BRATS 2013 T1c -> FLAIR (cross-modality, 3D)",
-        "source": "mri_brats2013_t1c_flair",
-        "target": "mri_brats2013_t1c_flair",
-        "label": "tumor",
-    },
-}
+def _load_pairs() -> dict[str, dict[str, Any]]:
+    """Pair definitions from ``data_manifests/shared/pairs.json`` (the single source of truth)."""
+    import json
+
+    from .external import manifests_dir
+
+    path = manifests_dir() / "shared" / "pairs.json"
+    if not path.is_file():
+        raise DatalistError(f"pair manifest not found: {path}")
+    with open(path) as f:
+        return json.load(f)["pairs"]
+
+
+PAIRS: dict[str, dict[str, Any]] = _load_pairs()
 
 
 def default_data_root() -> str:
