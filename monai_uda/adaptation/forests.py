@@ -18,7 +18,6 @@ that), so :func:`predict_foreground` works the same for source and target forest
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -354,8 +353,9 @@ def save_forests(
     path, forests: Sequence[RandomForestClassifier] | RandomForestClassifier, features: PixelFeatures
 ) -> Path:
     """Atomically write forests and their feature configuration (joblib; temp file + ``os.replace``)."""
+    from monai_uda.utils import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     single = isinstance(forests, RandomForestClassifier)
     payload = {
         "format_version": _FORMAT_VERSION,
@@ -363,15 +363,7 @@ def save_forests(
         "single": single,
         "feature_config": features.get_config(),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            joblib.dump(payload, fh, compress=3)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: joblib.dump(payload, tmp, compress=3))
     return path
 
 

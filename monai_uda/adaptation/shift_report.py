@@ -14,10 +14,11 @@ not used. Labels are never read.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
+
+from monai_uda.utils import atomic_write
 import torch
 from torch import nn
 
@@ -38,19 +39,6 @@ COLUMNS = [
 ]
 
 
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def plot_shift(df: pd.DataFrame, path: str, title: str = "target-normalised W2 per layer") -> None:
     """Write a PNG bar plot of ``w2_normalized_per_channel`` per layer (forward order), atomically."""
     import matplotlib
@@ -68,7 +56,7 @@ def plot_shift(df: pd.DataFrame, path: str, title: str = "target-normalised W2 p
     ax.set_xlabel("norm layer (forward order)")
     ax.set_title(f"{title}; mean over layers = {df['w2_normalized_per_channel'].mean():.3g}")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -125,7 +113,7 @@ def shift_report(
     df.attrs["aggregate"] = float(df["w2_normalized_per_channel"].mean())
     df.attrs["kind"] = kind
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, "shift.csv"), lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(os.path.join(out_dir, "shift.csv"), lambda tmp: df.to_csv(tmp, index=False))
     if plot:
         plot_shift(df, os.path.join(out_dir, "shift.png"), title=kind)
     return df

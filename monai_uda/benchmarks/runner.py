@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from monai_uda.utils import atomic_write, atomic_write_text
+
 from .methods import METHODS, MethodContext, get_method, load_methods, train_source
 
 __all__ = ["BUDGETS", "budget_for", "run_benchmark", "gap_closed", "markdown_table", "plot_results"]
@@ -146,10 +148,10 @@ def run_benchmark(
     df["gap_closed"] = [
         _row_gap(df, r) for _, r in df.iterrows()
     ]
-    _write_atomic(df.to_csv(index=False), os.path.join(out, "results.csv"))
+    atomic_write_text(os.path.join(out, "results.csv"), df.to_csv(index=False))
     meta = {"mode": mode, "device": device, "amp": amp, "seeds": list(seeds), "budget": budget,
             "datalist": os.path.abspath(datalist)}
-    _write_atomic(markdown_table(df, meta), os.path.join(out, "results.md"))
+    atomic_write_text(os.path.join(out, "results.md"), markdown_table(df, meta))
     plot_results(df, os.path.join(out, "results.png"), title=f"{uda.name} ({mode}, {device})")
     if os.path.exists(os.path.join(out, "results.partial.csv")):
         os.remove(os.path.join(out, "results.partial.csv"))
@@ -173,13 +175,6 @@ def _row_gap(df: pd.DataFrame, r) -> float:
     if src.empty or orc.empty or "dice" not in df:
         return float("nan")
     return gap_closed(r.dice, float(src.dice.iloc[0]), float(orc.dice.iloc[0]))
-
-
-def _write_atomic(text: str, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> str:
@@ -224,8 +219,6 @@ def plot_results(df: pd.DataFrame, path: str, title: str = "") -> str:
     ax.set_ylabel("target test Dice")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path

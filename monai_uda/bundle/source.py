@@ -53,9 +53,7 @@ def load_network(network: torch.nn.Module, path: str, device: Any = "cpu") -> to
 
 def save_network(network: torch.nn.Module, path: str) -> str:
     """Save ``network.state_dict()`` atomically (temp file + ``os.replace``)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    from monai_uda.utils import atomic_write
+
     net = network.module if hasattr(network, "module") else network
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(net.state_dict(), tmp))

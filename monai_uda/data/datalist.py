@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -218,13 +217,9 @@ def load_uda_datalist(
 
 def write_uda_datalist(dl: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Write a datalist atomically (temp file + rename), so an existing file is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(dl, f, indent=2)
-    os.replace(tmp, path)
-    return str(path)
+    from monai_uda.utils import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(dl, indent=2))
 
 
 def target_training_images(dl: Mapping[str, Any]) -> list[dict[str, Any]]:

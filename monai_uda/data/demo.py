@@ -129,9 +129,9 @@ def _save_nifti(arr: np.ndarray, path: Path, spacing: tuple[float, ...], dtype=n
     affine = np.diag(list(spacing) + [1.0] * (4 - len(spacing)))
     if arr.ndim == 2:
         affine = np.diag([spacing[0], spacing[1], 1.0, 1.0])
-    tmp = path.with_name(f".tmp{os.getpid()}_{path.name}")
-    nib.save(nib.Nifti1Image(arr.astype(dtype), affine), str(tmp))
-    os.replace(tmp, path)
+    from monai_uda.utils import atomic_write
+
+    atomic_write(path, lambda tmp: nib.save(nib.Nifti1Image(arr.astype(dtype), affine), tmp))
 
 
 def make_demo_pair(out_dir: str | os.PathLike, spatial_dims: int = 2, seed: int = 0, slices_per_subject: int = 12,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -263,15 +262,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _atomic_to_csv(df: pd.DataFrame, path: str, index: bool) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".csv", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=index)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from monai_uda.utils import atomic_write
+
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=index))
 
 
 def write_case_metrics(

@@ -182,7 +182,8 @@ def test_write_is_atomic_and_keeps_old_file_on_failure(good, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(json, "dump", boom)
+    monkeypatch.setattr("monai_uda.utils.os.replace", boom)
     with pytest.raises(OSError):
         write_uda_datalist({"x": 1}, p)
     assert open(p).read() == before
+    assert os.listdir(tmp) and not [f for f in os.listdir(tmp) if f.startswith(".dl.json")]  # no temp file left

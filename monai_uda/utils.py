@@ -1,0 +1,46 @@
+"""Small shared utilities."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable
+
+__all__ = ["atomic_write", "atomic_write_text"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file next to ``path``, then ``os.replace``.
+
+    The temporary file keeps the target's suffix (``.nii.gz``, ``.png``, ``.pt`` ...) so that writers
+    that pick a format from the name work. On any error the temporary file is removed and an
+    existing ``path`` is left untouched.
+
+    Returns:
+        ``path`` as a string.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.basename(path)
+    suffix = ".nii.gz" if base.endswith(".nii.gz") else os.path.splitext(base)[1]
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    """:func:`atomic_write` for a text file."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
