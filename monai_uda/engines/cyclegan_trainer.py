@@ -353,7 +353,7 @@ def translate_volume(
 ) -> str:
     """Translate an image with a 2D generator, slice by slice for 3D volumes, and write it atomically.
 
-    3D NIfTI (``.nii``/``.nii.gz``): the slices along ``axis`` go through ``generator`` (MONAI
+    3D NIfTI (``.nii``/``.nii.gz``; a 2D NIfTI is one slice): the slices along ``axis`` go through ``generator`` (MONAI
     ``SliceInferer``, each slice padded to a size divisible by ``divisible``) and are restacked; the
     output keeps the input's shape, affine and header (spacing, orientation), as float32.
     2D PNG/TIFF/JPEG: the image goes through ``generator`` once and is written with the input's dtype
@@ -368,7 +368,8 @@ def translate_volume(
         sw_batch_size: slices per forward pass.
         normalize: z-score the input before the generator (as MONAI's ``NormalizeIntensity``) and map the
             output back with the input's mean and std, so the file stays on the input's intensity scale.
-        nonzero: z-score over non-zero voxels only (default: True for 3D, False for 2D); background
+        nonzero: z-score over non-zero voxels only (default: True for 3D, False for 2D images and 2D NIfTI,
+            as ``monai_uda.transforms.segmentation_transforms``); background
             (zero) voxels then stay zero in the output.
         divisible: slice sizes are padded to a multiple of it (default ``2**generator.n_down``).
         progress: tqdm bar over the slices.
@@ -397,13 +398,16 @@ def _translate_nifti(generator, path_in, path_out, axis, device, sw_batch_size, 
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
+    is_2d = data.ndim == 2
+    if is_2d:  # a 2D NIfTI slice: one slice along a new last axis
+        data, axis = data[..., None], 2
     if data.ndim != 3:
-        raise ValueError(f"translate_volume: {path_in!r} must be a 3D volume, got shape {img.shape}.")
+        raise ValueError(f"translate_volume: {path_in!r} must be a 2D slice or a 3D volume, got shape {img.shape}.")
     if axis not in (0, 1, 2):
         raise ValueError(f"translate_volume: axis must be 0, 1 or 2, got {axis}.")
     if not np.isfinite(data).all():
         raise ValueError(f"translate_volume: {path_in!r} contains NaN or Inf.")
-    nz = True if nonzero is None else nonzero
+    nz = (not is_2d) if nonzero is None else nonzero
     x, mean, std = _zscore(data, nz) if normalize else (data, 0.0, 1.0)
     in_ch = getattr(generator, "in_channels", 1)
     if in_ch != 1:

@@ -1,0 +1,487 @@
+"""PAST pipeline pieces that the ``pixel_alignment_segmentation`` bundle configs call (paper 004, Algorithm 1).
+
+- :func:`translation_dataset` (line 2, data): unpaired 2D slices/patches of the source and target training
+  images (the paper trains its translation network on 2D transverse slices), for
+  :class:`monai_uda.engines.cyclegan_trainer.CycleGANTrainer`.
+- :func:`translate_datalist` (line 3): translates the labelled source images with the trained generator
+  (:func:`monai_uda.engines.cyclegan_trainer.translate_volume`, slice-wise, affine kept, atomic writes) and
+  writes a UDA datalist whose source lists point at the translated images and the *source labels*; the target
+  lists are unchanged. Optional ROI cropping (Sec. 2.2) crops every image and label of the pair the same way.
+- :class:`TopQSelfTraining` (lines 5-11): ``K`` rounds; in round ``k`` the previous model labels
+  ``X_c = {X^_s; X_t}`` keeping the top ``q_k`` pixels per class (:class:`monai_uda.adaptation.top_q.TopQSelector`),
+  ``S_k <- S_{k-1}`` is fine-tuned on them with the bundle's ``SupervisedTrainer``. The rounds themselves are
+  :class:`monai_uda.handlers.pseudo_label_rounds.PseudoLabelRounds` (resumable, atomic files).
+- :class:`PseudoLabelDiceCELoss`: Dice + cross-entropy that ignore the unselected pixels (label 255).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine
+from monai.data import DataLoader, Dataset
+from monai.losses import DiceLoss
+from monai.transforms import Compose, RandSpatialCropd, SpatialPadd, SqueezeDimd
+from tqdm import tqdm
+
+from monai_uda.adaptation.top_q import DEFAULT_Q_START, DEFAULT_ROUNDS, IGNORE_VALUE, TopQSelector, roi_box
+
+__all__ = [
+    "PseudoLabelDiceCELoss",
+    "aligned_training_transforms",
+    "TopQSelfTraining",
+    "crop_roi_file",
+    "load_generator",
+    "save_state_dict",
+    "translation_dataset",
+    "translate_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+_IMAGE_EXT = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def _atomic(path: str, write: Callable[[str], None]) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.basename(path)
+    suffix = next((e for e in _IMAGE_EXT if base.lower().endswith(e)), os.path.splitext(base)[1])
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def save_state_dict(module: torch.nn.Module, path: str) -> str:
+    """Write ``module.state_dict()`` atomically (temp file + ``os.replace``); returns ``path``."""
+    return _atomic(path, lambda tmp: torch.save(module.state_dict(), tmp))
+
+
+def load_generator(generator: torch.nn.Module, checkpoint: str, key: str = "cyclegan", attr: str = "g_st") -> torch.nn.Module:
+    """Load a translation checkpoint into ``generator`` (a ``CycleGAN`` or a bare generator).
+
+    ``checkpoint`` may hold ``{key: CycleGAN state}`` (the bundle's saver), a ``CycleGAN`` state dict or a
+    generator state dict.
+    """
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"translation checkpoint {checkpoint!r} not found (run train_translation.json first).")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+        state = state[key]
+    generator.load_state_dict(state)
+    return getattr(generator, attr, generator)
+
+
+# ------------------------------------------------------------------------------------- translation data
+
+
+class _Pick:
+    """``d[key]`` as a plain tensor (an :class:`UnpairedDataset` item must be a tensor)."""
+
+    def __init__(self, key: str = "image") -> None:
+        self.key = key
+
+    def __call__(self, d: Any) -> torch.Tensor:
+        d = d[0] if isinstance(d, list) else d
+        return torch.as_tensor(d[self.key]).float()
+
+
+def translation_dataset(
+    uda: Any,
+    patch_size: Sequence[int] = (64, 64),
+    source_key: str = "source_training",
+    target_key: str = "target_training",
+    data_limit: int | None = None,
+    roi_fractions: Sequence[Sequence[float]] | None = None,
+    cache: bool = True,
+    seed: int = 0,
+) -> torch.utils.data.Dataset:
+    """Unpaired ``{"source": (1, H, W), "target": (1, H, W)}`` 2D training items for the translation network.
+
+    Each image goes through ``segmentation_transforms("target", uda=uda)`` (loading, channels, RAS and spacing
+    for 3D, the same z-score as segmentation); a 3D volume then gives one random axial slice (array axis 2,
+    the axis :func:`translate_datalist` translates along); an optional ROI crop (``roi_fractions`` of the 2D
+    slice, e.g. the paper's ``((0.25, 0.75), (0.25, 0.75))``); finally a random ``patch_size`` crop (padded
+    when the slice is smaller). Only the *images* of ``source_key``/``target_key`` are read.
+
+    Args:
+        uda: a :class:`monai_uda.data.UDAData`.
+        patch_size: 2D patch size (divisible by ``2**n_down`` of the generator).
+        source_key: labelled source list (its labels are not loaded).
+        target_key: unlabelled target list.
+        data_limit: use only the first items of each list.
+        roi_fractions: optional 2D ROI as ``(start, end)`` fractions per axis.
+        cache: cache the deterministic loading in memory (MONAI ``CacheDataset``).
+        seed: seed of the random source/target pairing.
+    """
+    from monai.data import CacheDataset
+
+    from monai_uda.adaptation.top_q import roi_crop_transform
+    from monai_uda.engines.cyclegan_trainer import UnpairedDataset
+    from monai_uda.transforms.pipelines import segmentation_transforms
+
+    patch_size = [int(p) for p in patch_size]
+    if len(patch_size) != 2:
+        raise ValueError(f"patch_size must be 2D (translation is slice-wise), got {patch_size}.")
+    xs = list(segmentation_transforms("target", uda=uda).transforms)
+    if uda.spatial_dims == 3:
+        xs += [RandSpatialCropd(keys="image", roi_size=[-1, -1, 1], random_size=False), SqueezeDimd(keys="image", dim=3)]
+    if roi_fractions is not None:
+        xs.append(roi_crop_transform("image", [tuple(f) for f in roi_fractions]))
+    xs += [SpatialPadd(keys="image", spatial_size=patch_size), RandSpatialCropd(keys="image", roi_size=patch_size, random_size=False)]
+    transform = Compose(xs)
+
+    def images(key: str) -> list[dict]:
+        return [{"image": it["image"]} for it in uda.split(key, limit=data_limit)]
+
+    def ds(items: list[dict]) -> torch.utils.data.Dataset:
+        return CacheDataset(items, transform, progress=False) if cache else Dataset(items, transform)
+
+    return UnpairedDataset(ds(images(source_key)), ds(images(target_key)), _Pick(), _Pick(), seed=seed)
+
+
+# ------------------------------------------------------------------------------------------- translation
+
+
+def crop_roi_file(path_in: str, path_out: str, fractions: Sequence[Sequence[float]]) -> str:
+    """Crop an image file to the relative ROI ``fractions`` (:func:`monai_uda.adaptation.top_q.roi_box`) and
+    write it atomically; NIfTI keeps a correct affine (``nibabel`` slicing), PNG/TIFF are cropped arrays."""
+    if path_in.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        img = nib.load(path_in)
+        start, end = roi_box(img.shape[: len(fractions)], fractions)
+        out = img.slicer[tuple(slice(a, b) for a, b in zip(start, end))]
+        return _atomic(path_out, lambda tmp: nib.save(out, tmp))
+    from skimage import io
+
+    arr = io.imread(path_in)
+    start, end = roi_box(arr.shape[:2], fractions)
+    arr = arr[start[0] : end[0], start[1] : end[1]]
+    return _atomic(path_out, lambda tmp: io.imsave(tmp, arr, check_contrast=False))
+
+
+def _out_name(i: int, path: str) -> str:
+    return f"{i:05d}_{os.path.basename(path)}"
+
+
+def translate_datalist(
+    generator: torch.nn.Module,
+    uda: Any,
+    out_dir: str,
+    keys: Sequence[str] = ("source_training", "source_validation"),
+    roi_fractions: Sequence[Sequence[float]] | None = None,
+    data_limit: int | None = None,
+    axis: int = 2,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
+    """Translate the source images of a UDA datalist and write ``<out_dir>/datalist.json`` (Algorithm 1, line 3).
+
+    The returned datalist is the input's (same classes, label mapping, spacing, target lists) with the
+    images of ``keys`` replaced by their translations ``<out_dir>/<key>/NNNNN_<name>`` and their *source
+    labels* kept. With ``roi_fractions`` (the paper's ROI, Sec. 2.2) every image and label of the pair is
+    cropped first (cropped copies of the target lists are written too), so training, self-training and
+    evaluation all run on the ROI. Existing translations are reused unless ``overwrite`` (resumable);
+    every file and the datalist are written atomically.
+
+    Args:
+        generator: the source->target generator (e.g. ``CycleGAN.g_st``), 2D.
+        uda: a :class:`monai_uda.data.UDAData` of the original pair.
+        out_dir: output folder.
+        keys: labelled source lists to translate.
+        roi_fractions: optional ROI fractions per array axis (2 for 2D images, 3 for volumes).
+        data_limit: translate only the first items of each list (the others are dropped from the datalist).
+        axis: slice axis of 3D volumes.
+        device: where the generator runs.
+        overwrite: re-translate files that already exist.
+        progress: tqdm bar.
+
+    Returns:
+        the path of the translated datalist.
+    """
+    from monai_uda.engines.cyclegan_trainer import translate_volume
+
+    out_dir = os.path.abspath(out_dir)
+    dl = uda.datalist
+    for k in ("source_training", "source_validation", "target_training", "target_test", "oracle_training"):
+        if k in dl and data_limit:
+            dl[k] = dl[k][:data_limit]
+    nonzero = uda.spatial_dims == 3
+    jobs = [(k, i, it) for k in keys if k in dl for i, it in enumerate(dl[k])]
+    if not jobs:
+        raise ValueError(f"translate_datalist: the datalist has no items under {list(keys)}.")
+    for k, i, it in tqdm(jobs, desc="translate source", disable=not progress):
+        src = it["image"]
+        out = os.path.join(out_dir, k, _out_name(i, src))
+        if overwrite or not os.path.isfile(out):
+            if roi_fractions is not None:
+                cropped = os.path.join(out_dir, ".roi", k, _out_name(i, src))
+                src = crop_roi_file(src, cropped, roi_fractions)
+            translate_volume(generator, src, out, axis=axis, device=device, nonzero=nonzero)
+        it["image"] = out
+        if roi_fractions is not None and "label" in it:
+            lab = os.path.join(out_dir, k, "labels", _out_name(i, it["label"]))
+            if overwrite or not os.path.isfile(lab):
+                crop_roi_file(it["label"], lab, roi_fractions)
+            it["label"] = lab
+    if roi_fractions is not None:  # the other lists live in the ROI too
+        for k in dl:
+            if k in keys or not isinstance(dl[k], list):
+                continue
+            for i, it in enumerate(dl[k]):
+                for field in ("image", "label"):
+                    if field in it:
+                        dst = os.path.join(out_dir, k, field, _out_name(i, it[field]))
+                        if overwrite or not os.path.isfile(dst):
+                            crop_roi_file(it[field], dst, roi_fractions)
+                        it[field] = dst
+    dl["name"] = f"{dl.get('name', 'pair')}_translated"
+    dl["translated_from"] = os.path.abspath(uda.path)
+    dl["roi_fractions"] = None if roi_fractions is None else [list(f) for f in roi_fractions]
+    path = os.path.join(out_dir, "datalist.json")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(dl, f, indent=2)
+
+    return _atomic(path, write)
+
+
+# ------------------------------------------------------------------------------------------ self-training
+
+
+class PseudoLabelDiceCELoss(torch.nn.Module):
+    """Dice + cross-entropy on class-index labels, ignoring ``ignore_index`` pixels (unselected by top-q).
+
+    ``loss = lambda_dice * DiceLoss(softmax, to_onehot_y, ignore_index) + lambda_ce * CE(ignore_index)``;
+    a batch whose pixels are all ignored contributes 0 cross-entropy.
+    """
+
+    def __init__(self, ignore_index: int = IGNORE_VALUE, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+        self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=self.ignore_index)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.shape[1] != 1:
+            raise ValueError(f"PseudoLabelDiceCELoss expects class-index targets (B, 1, *spatial), got {tuple(target.shape)}.")
+        t = target.long()
+        bad = (t < 0) | ((t >= input.shape[1]) & (t != self.ignore_index))
+        if bool(bad.any()):
+            raise ValueError(f"target labels must be in [0, {input.shape[1]}) or {self.ignore_index}.")
+        valid = t != self.ignore_index
+        ce = torch.nn.functional.cross_entropy(input, t[:, 0], ignore_index=self.ignore_index, reduction="sum")
+        ce = ce / valid.sum().clamp_min(1)
+        return self.lambda_dice * self.dice(input, target) + self.lambda_ce * ce
+
+
+class TopQSelfTraining:
+    """PAST self-training (Algorithm 1, lines 5-11) around a MONAI ``SupervisedTrainer``.
+
+    ``X_c = {X^_s; X_t}`` (translated source + target training images). Round 0 labels ``X_c`` with ``S_0``
+    (the model trained on the translated source); round ``k = 1..K`` fine-tunes ``S_k <- S_{k-1}`` on the
+    round ``k - 1`` pseudo-labels, which keep the top ``q_{k-1}`` portion of pixels per predicted class
+    (``q_0 = 0.6``, ``q_k = min(q_0 + k * q_step, q_max)`` or an explicit ``schedule``) and ignore the rest.
+    ``translated_source_labels="pseudo"`` follows Algorithm 1 literally (the translated source is pseudo-labelled
+    too); ``"real"`` trains on the translated source with its real labels plus the pseudo-labelled target.
+
+    Args:
+        trainer: the bundle's ``SupervisedTrainer`` (its network, optimiser, loss and handlers are reused; its
+            loss must ignore label 255, e.g. :class:`PseudoLabelDiceCELoss`).
+        network: the segmentation network ``S`` (the trainer's).
+        translated_items: labelled translated source items ``{"image", "label"}``.
+        target_items: target training items (images only; never their labels).
+        output_dir: rounds folder (pseudo-labels, per-round checkpoints, state; resumable).
+        train_transform: transform of pseudo-labelled items (labels are class indices / 255: no label mapping).
+        infer_transform: transform of items to label (images only).
+        inferer: MONAI inferer for labelling (e.g. the validation ``SlidingWindowInferer``).
+        source_transform: transform of translated source items with real labels (``"real"`` mode).
+        num_rounds: K.
+        q_start, q_step, q_max, schedule: the portion schedule (see :class:`TopQSelector`).
+        translated_source_labels: ``"pseudo"`` (Algorithm 1) or ``"real"``.
+        init_checkpoint: state dict of ``S_0`` loaded into ``network`` before round 0 (None: as is).
+        final_checkpoint: where the last model is written (atomically).
+        max_epochs, epoch_length, batch_size, num_workers: the training budget of *each* round.
+        device: labelling device.
+        progress: tqdm bars.
+    """
+
+    def __init__(
+        self,
+        trainer: Engine,
+        network: torch.nn.Module,
+        translated_items: Sequence[dict],
+        target_items: Sequence[dict],
+        output_dir: str,
+        train_transform: Callable,
+        infer_transform: Callable,
+        inferer: Callable,
+        source_transform: Callable | None = None,
+        num_rounds: int = DEFAULT_ROUNDS,
+        q_start: float = DEFAULT_Q_START,
+        q_step: float = 0.2,
+        q_max: float = 1.0,
+        schedule: Sequence[float] | None = None,
+        translated_source_labels: str = "pseudo",
+        init_checkpoint: str | None = None,
+        final_checkpoint: str | None = None,
+        max_epochs: int = 1,
+        epoch_length: int | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> None:
+        from monai_uda.handlers.pseudo_label_rounds import PseudoLabelRounds
+
+        if translated_source_labels not in ("pseudo", "real"):
+            raise ValueError(f"translated_source_labels must be 'pseudo' or 'real', got {translated_source_labels!r}.")
+        if translated_source_labels == "real" and source_transform is None:
+            raise ValueError("translated_source_labels='real' needs a source_transform for the labelled source items.")
+        if any("label" in it for it in target_items):
+            raise ValueError("target_items must not carry labels (target labels are for evaluation only).")
+        self.trainer, self.network = trainer, network
+        self.translated_items = [dict(it) for it in translated_items]
+        self.target_items = [dict(it) for it in target_items]
+        if not self.target_items:
+            raise ValueError("TopQSelfTraining: target_items is empty.")
+        self.mode = translated_source_labels
+        self.train_transform, self.infer_transform, self.source_transform = train_transform, infer_transform, source_transform
+        self.inferer = inferer
+        self.init_checkpoint, self.final_checkpoint = init_checkpoint, final_checkpoint
+        self.max_epochs, self.epoch_length = int(max_epochs), epoch_length
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.device = torch.device(device)
+        self.selector = TopQSelector(q_start=q_start, q_step=q_step, q_max=q_max, schedule=schedule)
+        self.rounds = PseudoLabelRounds(
+            num_rounds=num_rounds, output_dir=output_dir, predict_fn=self.predict, select_fn=self.select,
+            train_fn=self.train, progress=progress,
+        )
+
+    @property
+    def rounds_items(self) -> list[dict]:
+        """The images that get pseudo-labels: ``X_c`` ("pseudo") or ``X_t`` ("real")."""
+        src = [{"image": it["image"]} for it in self.translated_items] if self.mode == "pseudo" else []
+        return src + self.target_items
+
+    def select(self, probs: torch.Tensor, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``q`` per class of round ``round_index`` (Algorithm 1, line 7)."""
+        return self.selector(probs, round_index)
+
+    def predict(self, model: torch.nn.Module, items: Sequence[dict]):
+        """Yield ``(item, softmax probabilities (C, *spatial))`` for each item, in its preprocessed space."""
+        model.eval()
+        for item in items:
+            data = self.infer_transform(dict(item))
+            img = data["image"].to(self.device)[None]
+            with torch.no_grad():
+                probs = torch.softmax(self.inferer(img, model).float(), dim=1)[0].cpu()
+            yield item, probs
+
+    def train(self, model: torch.nn.Module, pseudo_datalist: list[dict], round_index: int) -> torch.nn.Module:
+        """Fine-tune on ``(X_c, y^_c)`` with the bundle's trainer (Algorithm 1, lines 8-9)."""
+        if model is not self.network:
+            self.network.load_state_dict(model.state_dict())
+        datasets = [Dataset(pseudo_datalist, self.train_transform)]
+        if self.mode == "real":
+            datasets.insert(0, Dataset(self.translated_items, self.source_transform))
+        loader = DataLoader(
+            torch.utils.data.ConcatDataset(datasets), batch_size=self.batch_size, shuffle=True,
+            num_workers=self.num_workers,
+        )
+        t = self.trainer
+        t.data_loader = loader
+        t.state.max_epochs, t.state.max_iters = None, None  # a new ignite run for every round
+        Engine.run(t, data=loader, max_epochs=self.max_epochs, epoch_length=self.epoch_length or len(loader))
+        logger.info("self-training round %d: %d iterations on %d items", round_index, t.state.iteration, len(loader.dataset))
+        return self.network
+
+    def run(self) -> torch.nn.Module:
+        """Load ``S_0``, run (or resume) the rounds, write ``final_checkpoint``; returns the final network."""
+        if self.init_checkpoint is not None:
+            if not os.path.isfile(self.init_checkpoint):
+                raise FileNotFoundError(
+                    f"init_checkpoint {self.init_checkpoint!r} not found (train on the translated source first: train.json)."
+                )
+            state = torch.load(self.init_checkpoint, map_location="cpu", weights_only=True)
+            self.network.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+        model = self.rounds.run(self.network, self.rounds_items)
+        if model is not self.network:
+            self.network.load_state_dict(model.state_dict())
+        if self.final_checkpoint is not None:
+            save_state_dict(self.network, self.final_checkpoint)
+        return self.network
+
+
+# ------------------------------------------------------------------------------- cheap alignment baselines
+
+
+class _TargetReference:
+    """Array transform of a loaded target reference: RAS orientation (3D) and the pipeline's z-score."""
+
+    def __init__(self, spatial_dims: int) -> None:
+        from monai.transforms import NormalizeIntensity, Orientation
+
+        self.spatial_dims = spatial_dims
+        self.orient = Orientation(axcodes="RAS") if spatial_dims == 3 else None
+        self.norm = NormalizeIntensity(nonzero=spatial_dims == 3, channel_wise=True)
+
+    def __call__(self, img: Any) -> Any:
+        if self.orient is not None:
+            img = self.orient(img)
+        return self.norm(img)
+
+
+def aligned_training_transforms(
+    alignment: str,
+    uda: Any,
+    roi_size: Sequence[int] | None = None,
+    num_samples: int = 4,
+    beta: float | Sequence[float] = (0.01, 0.09),
+    prob: float = 1.0,
+    data_limit: int | None = None,
+) -> Compose:
+    """``segmentation_transforms("train", uda=uda)`` with a training-free pixel alignment of every source
+    image to a randomly drawn *target training image* (images only), inserted right after the z-score:
+
+    - ``"fda"``: :class:`monai_uda.transforms.fourier_domain_adaptation.RandFourierDomainAdaptationd`
+      (Yang & Soatto 2020, low-frequency amplitude swap, ``beta`` fixed or drawn from a range);
+    - ``"histmatch"``: :class:`monai_uda.transforms.histogram_matching.RandHistogramMatchingd`.
+
+    Use it as ``train#preprocessing`` of the source bundle so that the segmenter is trained on aligned source.
+    """
+    from monai_uda.transforms.fourier_domain_adaptation import RandFourierDomainAdaptationd
+    from monai_uda.transforms.histogram_matching import RandHistogramMatchingd
+    from monai_uda.transforms.pipelines import segmentation_transforms
+
+    refs = [it["image"] for it in uda.split("target_training", limit=data_limit)]
+    ref_tf = _TargetReference(uda.spatial_dims)
+    if alignment == "fda":
+        align = RandFourierDomainAdaptationd(keys="image", targets=refs, beta=beta, prob=prob, target_transform=ref_tf)
+    elif alignment == "histmatch":
+        align = RandHistogramMatchingd(
+            keys="image", references=refs, prob=prob, nonzero=uda.spatial_dims == 3, reference_transform=ref_tf
+        )
+    else:
+        raise ValueError(f"alignment must be 'fda' or 'histmatch', got {alignment!r}.")
+    base = segmentation_transforms("train", uda=uda, roi_size=roi_size, num_samples=num_samples)
+    xs = list(base.transforms)
+    names = [type(t).__name__ for t in xs]
+    pos = names.index("NormalizeIntensityd") + 1
+    return Compose(xs[:pos] + [align] + xs[pos:])

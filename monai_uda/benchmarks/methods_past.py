@@ -1,0 +1,89 @@
+"""Benchmark methods of the PAST family (paper 004): ``past``, and the training-free pixel-alignment baselines
+``fda`` and ``histmatch``.
+
+- ``past``: the ``pixel_alignment_segmentation`` bundle end to end: CycleGAN translation source->target
+  (``train_translation.json``; as many iterations as one segmentation training of the budget), translation of the
+  source (``translate.json``), segmentation on the translated source (``train.json``) and ``K = 2`` top-q
+  self-training rounds (``self_train.json``, q from 0.6), each segmentation training with the budget.
+- ``fda`` / ``histmatch``: the source bundle's training with every source image aligned to a random target
+  training image (FDA low-frequency amplitude swap / histogram matching) in the training transform, same budget.
+
+All three return plain ``UDAUNet`` state dicts, evaluated by the runner with the source bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from monai_uda.benchmarks.methods import MethodContext, MethodOutput, register_method
+
+__all__ = ["past", "fda", "histmatch", "PAST_BUNDLE"]
+
+PAST_BUNDLE = "pixel_alignment_segmentation"
+
+
+def _translation_overrides(ctx: MethodContext, ov: dict) -> dict:
+    b = ctx.budget
+    roi = list(b.get("roi_size") or [64, 64])[:2]
+    patch = [max(16, (int(r) // 16) * 16) for r in roi]
+    return dict(
+        ov,
+        translation_epochs=int(b.get("max_epochs") or 1),
+        translation_epoch_length=int(b.get("epoch_length") or 10),
+        translation_batch_size=int(b.get("batch_size") or 4),
+        translation_patch_size=patch,
+    )
+
+
+@register_method("past", "PAST: CycleGAN pixel alignment + segmentation on translated source + top-q self-training")
+def past(ctx: MethodContext) -> MethodOutput:
+    from monai_uda.bundle import run_bundle
+
+    ov = ctx.bundle_overrides("past")
+    t0 = time.time()
+    run_bundle(PAST_BUNDLE, "train_translation.json", **_translation_overrides(ctx, ov))
+    translation_seconds = time.time() - t0
+    run_bundle(PAST_BUNDLE, ["train_translation.json", "translate.json"], **ov)
+    t1 = time.time()
+    run_bundle(PAST_BUNDLE, "train.json", **ov)
+    wf = run_bundle(PAST_BUNDLE, ["train.json", "self_train.json"], **ov)
+    ckpt = wf.parser.get_parsed_content("adapted_checkpoint")
+    return MethodOutput(
+        checkpoint=ckpt,
+        extra={
+            "translation_seconds": round(translation_seconds, 1),
+            "segmentation_seconds": round(time.time() - t1, 1),
+            "rounds": int(wf.parser.get_parsed_content("num_rounds")),
+            "q_start": float(wf.parser.get_parsed_content("q_start")),
+        },
+    )
+
+
+def _aligned(ctx: MethodContext, alignment: str) -> MethodOutput:
+    from monai_uda.bundle import run_bundle
+
+    ov = ctx.bundle_overrides(alignment)
+    ov["imports"] = [
+        "$import os", "$import torch", "$import monai_uda", "$import monai_uda.bundle", "$import monai_uda.data",
+        "$import monai_uda.transforms", "$import monai_uda.adaptation.past",
+    ]
+    ov["train#preprocessing"] = (
+        f"$monai_uda.adaptation.past.aligned_training_transforms('{alignment}', @uda, roi_size=@roi_size, "
+        "num_samples=@num_samples, data_limit=@data_limit)"
+    )
+    t0 = time.time()
+    run_bundle("source_segmentation", "train.json", **ov)
+    return MethodOutput(
+        checkpoint=os.path.join(ov["ckpt_dir"], "model.pt"), extra={"adapt_seconds": round(time.time() - t0, 1)}
+    )
+
+
+@register_method("fda", "source training on source images FDA-aligned to random target images (Yang & Soatto 2020)")
+def fda(ctx: MethodContext) -> MethodOutput:
+    return _aligned(ctx, "fda")
+
+
+@register_method("histmatch", "source training on source images histogram-matched to random target images")
+def histmatch(ctx: MethodContext) -> MethodOutput:
+    return _aligned(ctx, "histmatch")

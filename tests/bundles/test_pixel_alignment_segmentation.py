@@ -1,0 +1,155 @@
+"""Bundle test of ``pixel_alignment_segmentation`` (PAST): the real configs on a tiny 2D demo pair."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from monai_uda.bundle import bundle_dir, run_bundle
+
+BUNDLE = "pixel_alignment_segmentation"
+TINY = {"max_epochs": 1, "epoch_length": 2, "batch_size": 1, "num_samples": 1, "roi_size": [32, 32], "val_interval": 1}
+LIMIT = 2  # first 2 items of every list: X_c = 2 translated source + 2 target slices
+TINY_GAN = {"translation_epochs": 1, "translation_epoch_length": 2, "translation_batch_size": 2,
+            "translation_patch_size": [32, 32]}
+
+
+def _ov(tmp_path, datalist, **kw):
+    return {"bundle_root": str(tmp_path), "datalist": datalist, "ckpt_dir": str(tmp_path / "models"),
+            "output_dir": str(tmp_path / "eval"), **kw}
+
+
+@pytest.fixture(scope="module")
+def past_run(tmp_path_factory, tiny_demo_2d):
+    """Translation training, translation, segmentation on translated source, then self-training (K=2)."""
+    tmp = tmp_path_factory.mktemp("past")
+    out = {"tmp": tmp}
+    tiny = {**TINY, "data_limit": LIMIT}
+    out["gan"] = run_bundle(BUNDLE, "train_translation.json", **_ov(tmp, tiny_demo_2d, **TINY_GAN, data_limit=LIMIT))
+    out["translate"] = run_bundle(BUNDLE, ["train_translation.json", "translate.json"],
+                                  **_ov(tmp, tiny_demo_2d, data_limit=LIMIT))
+    out["train"] = run_bundle(BUNDLE, "train.json", **_ov(tmp, tiny_demo_2d, **tiny))
+    out["self_train"] = run_bundle(BUNDLE, ["train.json", "self_train.json"], **_ov(tmp, tiny_demo_2d, **tiny))
+    return out
+
+
+def test_translation_and_translated_datalist(past_run, tiny_demo_2d):
+    tmp = past_run["tmp"]
+    trainer = past_run["gan"].parser.get_parsed_content("translation#trainer")
+    assert trainer.state.iteration == 2
+    ckpt = torch.load(tmp / "models" / "translation" / "cyclegan.pt", weights_only=True)
+    assert "g_st.net.0.conv.weight" in ckpt.get("cyclegan", ckpt)
+    dl = json.load(open(tmp / "models" / "translated" / "datalist.json"))
+    orig = json.load(open(tiny_demo_2d))
+    assert len(dl["source_training"]) == LIMIT
+    base = os.path.dirname(tiny_demo_2d)
+    for new, old in zip(dl["source_training"], orig["source_training"]):
+        assert new["image"].startswith(str(tmp / "models" / "translated" / "source_training"))
+        assert new["label"] == os.path.join(base, old["label"])  # the source labels are kept
+        a, b = nib.load(new["image"]), nib.load(os.path.join(base, old["image"]))
+        assert a.shape == b.shape and np.allclose(a.affine, b.affine)
+        assert not np.allclose(a.get_fdata(), b.get_fdata())  # the generator changed the image
+    assert [it["image"] for it in dl["target_training"]] == [os.path.join(base, it["image"]) for it in orig["target_training"][:LIMIT]]
+    assert not glob.glob(str(tmp / "models" / "**" / ".tmp*"), recursive=True), "temp files left behind"
+
+
+def test_segmentation_on_translated_source(past_run):
+    wf = past_run["train"]
+    data = wf.parser.get_parsed_content("train#dataset").data
+    assert all("/translated/source_training/" in d["image"] for d in data)
+    assert os.path.isfile(past_run["tmp"] / "models" / "model.pt")
+
+
+def test_self_training_rounds(past_run):
+    tmp = past_run["tmp"]
+    st = past_run["self_train"].parser.get_parsed_content("self_training")
+    state = json.load(open(tmp / "models" / "self_train" / "rounds_state.json"))
+    assert state["completed"] == [0, 1, 2]
+    assert len(state["items"]) == LIMIT + LIMIT  # X_c = translated source + target training (Algorithm 1, line 5)
+    assert not any("oracle" in i or "_seg" in i for i in state["items"])
+    # round 0 pseudo-labels keep the top q=0.6 of the pixels of each predicted class
+    lab = nib.load(tmp / "models" / "self_train" / state["rounds"]["0"]["labels"][0]["label"]).get_fdata()
+    assert st.selector.q_at(0) == pytest.approx(0.6) and st.mode == "pseudo"
+    kept = (lab != 255).mean()
+    assert 0.5 < kept <= 0.6 + 1e-6
+    assert os.path.isfile(tmp / "models" / "self_train" / "model.pt")
+    final = torch.load(tmp / "models" / "self_train" / "model.pt", weights_only=True)
+    r2 = torch.load(tmp / "models" / "self_train" / "round_2" / "model.pt", weights_only=True)
+    assert all(torch.equal(final[k], r2[k]) for k in final)
+
+
+def test_self_training_resumes_after_crash(past_run, tiny_demo_2d, tmp_path):
+    """Completed rounds are not redone: with rounds 0-1 on disk, only round 2 trains."""
+    import shutil
+
+    src = past_run["tmp"] / "models"
+    shutil.copytree(src, tmp_path / "models")
+    st_dir = tmp_path / "models" / "self_train"
+    state = json.load(open(st_dir / "rounds_state.json"))
+    state["completed"] = [0, 1]
+    state["rounds"].pop("2")
+    state["items"] = [i.replace(str(src), str(tmp_path / "models")) for i in state["items"]]
+    json.dump(state, open(st_dir / "rounds_state.json", "w"))
+    shutil.rmtree(st_dir / "round_2")
+    # the translated datalist points at the copied images
+    dl_path = tmp_path / "models" / "translated" / "datalist.json"
+    dl_path.write_text(dl_path.read_text().replace(str(src), str(tmp_path / "models")))
+    wf = run_bundle(BUNDLE, ["train.json", "self_train.json"], **_ov(tmp_path, tiny_demo_2d, **TINY, data_limit=LIMIT))
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 2  # one round of 1 epoch x 2 iterations, not two
+    assert json.load(open(st_dir / "rounds_state.json"))["completed"] == [0, 1, 2]
+
+
+def test_evaluate_infer_and_figure(past_run, tiny_demo_2d, tmp_path):
+    tmp = past_run["tmp"]
+    ev = run_bundle(BUNDLE, ["train.json", "evaluate.json"], **_ov(tmp, tiny_demo_2d, **TINY, data_limit=LIMIT))
+    assert 0.0 <= ev.parser.get_parsed_content("validate#evaluator").state.metrics["dice"] <= 1.0
+    assert len(pd.read_csv(tmp / "eval" / "target_test" / "metrics_per_case.csv")) == LIMIT
+    inf = run_bundle(BUNDLE, "inference.json", workflow_type="infer", bundle_root=str(tmp),
+                     input_dir=os.path.join(os.path.dirname(tiny_demo_2d), "2d"), input_pattern="*_B_z24_img.nii.gz",
+                     output_dir=str(tmp_path / "pred"),
+                     roi_size=[32, 32])
+    assert len(glob.glob(str(tmp_path / "pred" / "*_seg.nii.gz"))) == 3
+    y = inf.parser.get_parsed_content("network_def").eval()(torch.rand(1, 1, 32, 32))
+    assert isinstance(y, torch.Tensor) and y.shape == (1, 2, 32, 32)
+
+    from monai_uda.benchmarks.past_figure import past_figure
+
+    png = past_figure(tiny_demo_2d, str(tmp / "models" / "translation" / "cyclegan.pt"), str(tmp_path / "f.png"), 2)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_roi_option_crops_translated_pair(tmp_path, tiny_demo_2d):
+    ov = _ov(tmp_path, tiny_demo_2d, **TINY_GAN, data_limit=1)
+    run_bundle(BUNDLE, "train_translation.json", **ov)
+    run_bundle(BUNDLE, ["train_translation.json", "translate.json"], **ov, roi_fractions=[[0.25, 0.75], [0.25, 0.75]])
+    dl = json.load(open(tmp_path / "models" / "translated" / "datalist.json"))
+    base = os.path.dirname(tiny_demo_2d)
+    orig = json.load(open(tiny_demo_2d))
+    for key in ("source_training", "target_test"):
+        for field in ("image", "label"):
+            new, old = nib.load(dl[key][0][field]), nib.load(os.path.join(base, orig[key][0][field]))
+            assert new.shape == tuple(s // 2 for s in old.shape)  # [S/4 : 3S/4] per axis
+            assert np.allclose(new.affine[:2, 3], old.affine[:2, :2] @ [old.shape[0] // 4, old.shape[1] // 4] + old.affine[:2, 3])
+
+
+def test_metadata_and_files():
+    d = bundle_dir(BUNDLE)
+    schema = os.path.join(os.path.dirname(__file__), "..", "..", "monai_uda", "schemas", "meta_schema.json")
+    r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+                        str(d / "configs" / "metadata.json"), "--filepath", os.path.abspath(schema)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "verified with no error" in (r.stdout + r.stderr), r.stderr[-2000:]
+    for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/train_translation.json",
+                 "configs/translate.json", "configs/train.json", "configs/self_train.json", "configs/evaluate.json",
+                 "configs/inference.json"):
+        assert (d / name).is_file(), name
