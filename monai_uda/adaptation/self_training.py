@@ -29,8 +29,16 @@ import math
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["IGNORE_VALUE", "SelfTrainingSelector", "portion_schedule", "portion_threshold"]
+__all__ = [
+    "IGNORE_VALUE",
+    "PseudoLabelCrossEntropyLoss",
+    "SelfTrainingSelector",
+    "portion_schedule",
+    "portion_threshold",
+]
 
 #: label value of pixels that were not selected
 IGNORE_VALUE = 255
@@ -178,3 +186,37 @@ class SelfTrainingSelector:
             keep = score > 1.0
         label = torch.where(keep, label, torch.full_like(label, self.ignore_value))
         return label.long(), keep
+
+
+class PseudoLabelCrossEntropyLoss(nn.Module):
+    """Cross-entropy on hard pseudo-labels, unselected pixels (``ignore_value``) excluded (Zou et al., Eq. 3).
+
+    ``loss(logits, label)``: ``logits`` (B, C, *spatial); ``label`` (B, 1, *spatial) or (B, *spatial) class
+    indices with ``ignore_value`` where no pseudo-label was selected. The mean is over the selected
+    pixels of the batch; a batch without any selected pixel gives a zero loss that still has a gradient
+    graph (instead of PyTorch's NaN), so a training step on it is a no-op.
+
+    Args:
+        ignore_value: label of unselected pixels (255, as written by the selector).
+    """
+
+    def __init__(self, ignore_value: int = IGNORE_VALUE):
+        super().__init__()
+        self.ignore_value = int(ignore_value)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if logits.ndim < 3 or logits.shape[1] < 2:
+            raise ValueError(f"`logits` must be (batch, classes>=2, *spatial), got shape {tuple(logits.shape)}.")
+        target = label[:, 0] if label.ndim == logits.ndim else label
+        if target.shape != (logits.shape[0], *logits.shape[2:]):
+            raise ValueError(f"`label` shape {tuple(label.shape)} does not match the logits {tuple(logits.shape)}.")
+        target = torch.as_tensor(target).long()
+        valid = target != self.ignore_value
+        if not bool(valid.any()):
+            return logits.sum() * 0.0
+        bad = valid & ((target < 0) | (target >= logits.shape[1]))
+        if bool(bad.any()):
+            raise ValueError(
+                f"`label` has values outside [0, {logits.shape[1]}) other than the ignore value {self.ignore_value}."
+            )
+        return F.cross_entropy(torch.as_tensor(logits), target, ignore_index=self.ignore_value)

@@ -15,13 +15,19 @@ unchanged to unseen target data (Table 3).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.inferers import Inferer, SimpleInferer
+from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
+from monai.transforms import Compose, RandSpatialCrop, SpatialPad
 from monai.utils import CommonKeys as Keys
 from tqdm import tqdm
 
@@ -34,7 +40,18 @@ from monai_uda.adaptation.early_refinement import (
 from monai_uda.handlers.agreement_early_stop import AgreementEarlyStop
 from monai_uda.networks.early_head import EarlyFeaturesSegmentor, freeze_for_refinement
 
-__all__ = ["EarlyRefinementUpdate", "create_early_refinement_trainer", "one_shot_refinement", "EARLY_KEY"]
+__all__ = [
+    "EARLY_KEY",
+    "EarlyRefinementUpdate",
+    "OneShotRefinementInferer",
+    "create_early_refinement_trainer",
+    "ensure_checkpoint",
+    "one_shot_refinement",
+    "refinement_summary",
+    "write_refinement_summary",
+]
+
+logger = logging.getLogger(__name__)
 
 #: key of the early logits in the iteration output (``Keys.PRED`` holds the final logits)
 EARLY_KEY = "early_pred"
@@ -204,3 +221,191 @@ def one_shot_refinement(
             x = _batch_image(batch, image_key).to(device)
             preds.append(inferer(x, model).cpu())
     return preds, model, int(trainer.state.epochs_to_convergence)
+
+
+class OneShotRefinementInferer(Inferer):
+    """One-shot mode (Table 2) as a MONAI inferer: every input is refined on alone, then predicted.
+
+    Used as the ``inferer`` of a ``SupervisedEvaluator`` whose network is the stage-2
+    :class:`EarlyFeaturesSegmentor`: for each item of the batch (one volume in 3D, one image in 2D) a
+    fresh copy of the segmentor is refined on that item only (Eq. 2 with the agreement stopping rule,
+    :func:`create_early_refinement_trainer`) and the copy, in inference mode, predicts the item. The
+    evaluator's own network is never modified, so every subject starts from the same source model.
+    The evaluator runs inferers under ``torch.no_grad()``; refinement re-enables gradients locally.
+
+    Args:
+        roi_size: refine on random crops of this size (padded first) and predict with a sliding window
+            of it; ``None`` refines on and predicts the whole input.
+        num_samples: random crops per refinement epoch (``roi_size`` only).
+        batch_size: crops per iteration (default: all ``num_samples`` in one batch).
+        max_epochs: cap on refinement epochs.
+        lr: Adam learning rate (paper: 0.001).
+        min_delta: stopping threshold on the change of the early/final agreement (paper: 0.005).
+        detach_pseudo_label, reestimate_bn: see :mod:`monai_uda.adaptation.early_refinement`.
+        sw_batch_size, overlap: sliding-window settings (``roi_size`` only).
+        progress: show a progress bar over the items.
+
+    Attributes:
+        history: one dict per refined item: ``epochs_to_convergence``, ``agreement_converged``,
+            ``agreement_history``.
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int] | None = None,
+        num_samples: int = 4,
+        batch_size: int | None = None,
+        max_epochs: int = 10,
+        lr: float = 1e-3,
+        min_delta: float = 0.005,
+        detach_pseudo_label: bool = True,
+        reestimate_bn: bool | str = "early",
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        progress: bool = True,
+    ):
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
+        if max_epochs < 1:
+            raise ValueError(f"`max_epochs` must be >= 1, got {max_epochs}.")
+        self.roi_size = None if roi_size is None else [int(r) for r in roi_size]
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size or num_samples)
+        self.max_epochs = int(max_epochs)
+        self.lr = float(lr)
+        self.min_delta = float(min_delta)
+        self.detach_pseudo_label = bool(detach_pseudo_label)
+        self.reestimate_bn = normalize_bn_mode(reestimate_bn)
+        self.window = (
+            SimpleInferer()
+            if self.roi_size is None
+            else SlidingWindowInferer(self.roi_size, sw_batch_size=sw_batch_size, overlap=overlap)
+        )
+        self.progress = progress
+        self.history: list[dict[str, Any]] = []
+
+    def _train_loader(self, x: torch.Tensor) -> Iterable:
+        if self.roi_size is None:
+            return [x]
+        if len(self.roi_size) != x.ndim - 2:
+            raise ValueError(f"`roi_size` {self.roi_size} does not match the {x.ndim - 2}D input {tuple(x.shape)}.")
+        crop = Compose([SpatialPad(self.roi_size), RandSpatialCrop(self.roi_size, random_size=False)])
+        ds = Dataset([x[0]] * self.num_samples, transform=crop)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=0)
+
+    def refine_one(self, x: torch.Tensor, network: EarlyFeaturesSegmentor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Refine a copy of ``network`` on the single input ``x`` (1, C, *spatial); return its final logits."""
+        model = copy.deepcopy(network)
+        x_plain = x.as_tensor() if hasattr(x, "as_tensor") else x
+        x_plain = x_plain.detach()
+        with torch.enable_grad():
+            trainer = create_early_refinement_trainer(
+                model,
+                self._train_loader(x_plain),
+                max_epochs=self.max_epochs,
+                lr=self.lr,
+                device=x.device,
+                detach_pseudo_label=self.detach_pseudo_label,
+                reestimate_bn=self.reestimate_bn,
+                min_delta=self.min_delta,
+                agreement_loader=[x_plain],
+                agreement_inferer=self.window,
+            )
+            trainer.run()
+        info = refinement_summary(trainer)
+        model.inference = True
+        model.requires_grad_(False)
+        model.eval()
+        with torch.no_grad():
+            return self.window(x, model), info
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not isinstance(network, EarlyFeaturesSegmentor):
+            raise TypeError(
+                "OneShotRefinementInferer needs the stage-2 EarlyFeaturesSegmentor as network, "
+                f"got {type(network).__name__}."
+            )
+        outs = []
+        for i in tqdm(range(inputs.shape[0]), desc="one-shot refinement", leave=False, disable=not self.progress):
+            pred, info = self.refine_one(inputs[i : i + 1], network)
+            self.history.append(info)
+            outs.append(pred)
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def refinement_summary(trainer: SupervisedTrainer) -> dict[str, Any]:
+    """The outcome of a refinement run: epochs to convergence, whether the stopping rule fired, agreements."""
+    state = trainer.state
+    epochs = getattr(state, "epochs_to_convergence", None)
+    return {
+        "epochs_to_convergence": int(epochs if epochs is not None else state.epoch),
+        "agreement_converged": bool(getattr(state, "agreement_converged", False)),
+        "agreement_history": [float(v) for v in getattr(state, "agreement_history", [])],
+        "iterations": int(state.iteration),
+    }
+
+
+def _atomic_json(obj: Any, path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_refinement_summary(
+    source: SupervisedTrainer | OneShotRefinementInferer, path: str, extra: Mapping[str, Any] | None = None
+) -> str:
+    """Write the refinement outcome as JSON (atomically) and return ``path``.
+
+    ``source`` is the refinement trainer (whole-target mode; :func:`refinement_summary`) or the
+    :class:`OneShotRefinementInferer` of a one-shot run (its per-item ``history`` and the mean and
+    maximum epochs to convergence).
+    """
+    if isinstance(source, OneShotRefinementInferer):
+        epochs = [h["epochs_to_convergence"] for h in source.history]
+        out: dict[str, Any] = {
+            "mode": "one-shot",
+            "items": len(epochs),
+            "mean_epochs_to_convergence": float(sum(epochs) / len(epochs)) if epochs else float("nan"),
+            "max_epochs_to_convergence": max(epochs) if epochs else 0,
+            "per_item": source.history,
+        }
+    else:
+        out = {"mode": "target-set", **refinement_summary(source)}
+    out.update(dict(extra or {}))
+    logger.info("refinement summary: %s", {k: v for k, v in out.items() if k != "per_item"})
+    return _atomic_json(out, path)
+
+
+def ensure_checkpoint(
+    path: str, bundle: str, config: str | Sequence[str], overrides: Mapping[str, Any] | None = None
+) -> str:
+    """Return ``path`` if it exists, else run ``config`` of ``bundle`` with ``overrides`` to produce it.
+
+    This is how the stages chain with no argument on the demo pair: ``adapt.json`` needs the stage-2
+    head checkpoint (``train_head.json`` makes it) and ``train_head.json`` the source checkpoint (the
+    ``source_segmentation`` bundle makes it).
+
+    Raises:
+        FileNotFoundError: the run finished without writing ``path``.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    from monai_uda.bundle import run_bundle
+
+    configs = [config] if isinstance(config, str) else list(config)
+    logger.info("checkpoint %s not found: running %s/%s to create it", path, bundle, configs)
+    run_bundle(bundle, configs, **dict(overrides or {}))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"running bundle {bundle!r} {configs} did not write the expected checkpoint {path}.")
+    return path

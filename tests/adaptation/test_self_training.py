@@ -98,3 +98,25 @@ def test_bad_inputs():
         SelfTrainingSelector("xx")
     with pytest.raises(ValueError, match="threshold"):
         SelfTrainingSelector("cbst", threshold=0.9)
+
+
+def test_pseudo_label_ce_ignores_unselected_pixels():
+    from monai_uda.adaptation.self_training import PseudoLabelCrossEntropyLoss
+
+    logits = torch.tensor([[0.0, 0.0], [0.0, float(torch.log(torch.tensor(3.0)))]]).T.reshape(1, 2, 1, 2)
+    # pixel 0: p = (0.5, 0.5), label 1 -> -log 0.5; pixel 1: ignored (255)
+    label = torch.tensor([1, 255]).reshape(1, 1, 1, 2)
+    loss = PseudoLabelCrossEntropyLoss()(logits, label)
+    assert torch.allclose(loss, -torch.log(torch.tensor(0.5)), atol=1e-6)
+    # both selected: mean of -log 0.5 and -log 0.75 (pixel 1 has p = (0.25, 0.75), label 1)
+    both = PseudoLabelCrossEntropyLoss()(logits, torch.tensor([1, 1]).reshape(1, 1, 2))
+    assert torch.allclose(both, -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.75))) / 2, atol=1e-6)
+    # nothing selected: zero, finite, differentiable
+    logits.requires_grad_(True)
+    none = PseudoLabelCrossEntropyLoss()(logits, torch.full((1, 1, 1, 2), 255))
+    none.backward()
+    assert none.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    with pytest.raises(ValueError, match="outside"):
+        PseudoLabelCrossEntropyLoss()(logits, torch.tensor([2, 0]).reshape(1, 1, 1, 2))
+    with pytest.raises(ValueError, match="shape"):
+        PseudoLabelCrossEntropyLoss()(logits, torch.zeros(1, 1, 2, 2))
