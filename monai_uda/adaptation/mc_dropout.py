@@ -22,6 +22,7 @@ import math
 from typing import Callable, Iterator
 
 import torch
+from monai.inferers import Inferer
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
@@ -33,6 +34,7 @@ __all__ = [
     "rectify_pseudo_label",
     "UncertaintyRectifiedLoss",
     "mc_dropout_train_step",
+    "MCDropoutInferer",
 ]
 
 _DROPOUT_TYPES = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
@@ -181,3 +183,23 @@ def mc_dropout_train_step(
     with torch.no_grad():
         unc = float(mc_dropout_uncertainty(probs.detach())[1].mean())
     return {"loss": value, "uncertainty": unc}
+
+
+class MCDropoutInferer(Inferer):
+    """MONAI inferer running ``num_passes`` stochastic passes: returns ``(T, B, C, *spatial)`` probabilities.
+
+    Lets a plain ``SupervisedTrainer`` train the MC-dropout baseline: its ``loss_function``
+    (:class:`UncertaintyRectifiedLoss`) receives the stacked passes, all in the autograd graph.
+
+    Args:
+        num_passes: T stochastic forward passes (>= 2).
+    """
+
+    def __init__(self, num_passes: int = 4) -> None:
+        super().__init__()
+        if int(num_passes) < 2:
+            raise ValueError(f"num_passes must be >= 2 for an MC-dropout uncertainty, got {num_passes}.")
+        self.num_passes = int(num_passes)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        return mc_dropout_probs(network, inputs, self.num_passes)

@@ -145,6 +145,8 @@ def run_benchmark(
             pd.DataFrame(rows).to_csv(os.path.join(out, "results.partial.csv"), index=False)
     bar.close()
     df = pd.DataFrame(rows)
+    if "dice" in df:
+        df["dice_loss"] = 1.0 - df["dice"]  # the "Dice loss" column of the BUDA-Seg paper's tables
     df["gap_closed"] = [
         _row_gap(df, r) for _, r in df.iterrows()
     ]
@@ -165,6 +167,7 @@ def _previous_rows(out: str) -> dict[tuple[str, int], dict[str, Any]]:
         if os.path.isfile(p):
             for r in pd.read_csv(p).to_dict("records"):
                 r.pop("gap_closed", None)
+                r.pop("dice_loss", None)
                 rows[(r["method"], int(r["seed"]))] = r
     return rows
 
@@ -179,7 +182,7 @@ def _row_gap(df: pd.DataFrame, r) -> float:
 
 def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> str:
     """Mean ± std over seeds per method, as a markdown table."""
-    cols = [c for c in METRICS + ["gap_closed", "seconds"] if c in df]
+    cols = [c for c in METRICS + ["dice_loss", "gap_closed", "seconds"] if c in df]
     lines = []
     if meta:
         lines.append(f"pair `{df.pair.iloc[0]}` · mode `{meta['mode']}` · device `{meta['device']}` · "

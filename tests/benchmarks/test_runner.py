@@ -30,7 +30,7 @@ def test_quick_benchmark_writes_csv_table_chart(tmp_path, tiny_demo_2d, monkeypa
     assert list(csv.method) == ["source", "oracle"]
     assert csv.loc[csv.method == "oracle", "gap_closed"].iloc[0] == 1.0
     assert "| source |" in (tmp_path / "results.md").read_text()
-    assert markdown_table(df).count("\n") == 4
+    assert markdown_table(df).count("\n") == 4 and "dice_loss" in markdown_table(df)
 
 
 def test_resume_keeps_finished_rows(tmp_path, tiny_demo_2d, monkeypatch):
