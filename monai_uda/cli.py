@@ -97,6 +97,13 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from monai_uda.benchmarks.runner import combined_table
+
+    print(combined_table(a.dirs), end="")
+    return 0
+
+
 def cmd_shift(a: argparse.Namespace) -> int:
     import torch
     from monai.data import DataLoader, Dataset
@@ -162,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", action="store_true",
                    help="keep finished (method, seed) results and the trained source model in --out")
     b.set_defaults(fn=cmd_benchmark)
+
+    r = sub.add_parser("report", help="one markdown table from several benchmark output folders")
+    r.add_argument("dirs", nargs="+")
+    r.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("shift", help="per-layer target-normalised W2 feature shift between two image sets")
     s.add_argument("--model", required=True, help="checkpoint (model.pt) of a UDAUNet")

@@ -20,7 +20,7 @@ from monai_uda.utils import atomic_write, atomic_write_text
 
 from .methods import METHODS, MethodContext, get_method, load_methods, train_source
 
-__all__ = ["BUDGETS", "budget_for", "run_benchmark", "gap_closed", "markdown_table", "plot_results"]
+__all__ = ["BUDGETS", "budget_for", "run_benchmark", "gap_closed", "markdown_table", "plot_results", "combined_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +225,16 @@ def plot_results(df: pd.DataFrame, path: str, title: str = "") -> str:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
+
+
+def combined_table(result_dirs: Sequence[str]) -> str:
+    """One markdown table (pair x method, mean over seeds) from several benchmark output folders."""
+    frames = [pd.read_csv(os.path.join(d, "results.csv")) for d in result_dirs]
+    df = pd.concat(frames, ignore_index=True)
+    cols = [c for c in ["dice", "iou", "surface_dice", "hd95", "dice_loss", "gap_closed", "seconds"] if c in df]
+    lines = ["| pair | method | seeds | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+    for (pair, method), g in df.groupby(["pair", "method"], sort=False):
+        cells = [f"{g[c].astype(float).mean():.0f}" if c == "seconds" else f"{g[c].astype(float).mean():.3f}"
+                 for c in cols]
+        lines.append(f"| {pair} | {method} | {len(g)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -43,3 +43,14 @@ def test_resume_keeps_finished_rows(tmp_path, tiny_demo_2d, monkeypatch):
     monkeypatch.setattr(methods, "_train", lambda *a, **k: calls.append(a) or "never")
     df = run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), mode="quick", progress=False, resume=True)
     assert calls == [] and list(df.method) == ["source"]  # neither re-trained nor re-evaluated
+
+
+def test_combined_table(tmp_path):
+    from monai_uda.benchmarks.runner import combined_table
+
+    for pair, d in (("A1", 0.4), ("C1", 0.1)):
+        (tmp_path / pair).mkdir()
+        pd.DataFrame({"pair": [pair] * 2, "method": ["source", "source"], "seed": [0, 1], "dice": [d, d + 0.2],
+                      "seconds": [10, 20]}).to_csv(tmp_path / pair / "results.csv", index=False)
+    table = combined_table([str(tmp_path / "A1"), str(tmp_path / "C1")])
+    assert "| A1 | source | 2 | 0.500 | 15 |" in table and "| C1 | source | 2 | 0.200 | 15 |" in table
