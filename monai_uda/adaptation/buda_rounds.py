@@ -52,6 +52,7 @@ from monai_uda.losses.variational_dice import VariationalSamplingDiceLoss, plain
 from monai_uda.networks.unet import UDAUNet
 from monai_uda.networks.variance_head import VarianceUNet
 from monai_uda.transforms.pipelines import segmentation_transforms
+from monai_uda.utils import atomic_write_text
 
 __all__ = ["PseudoLabelAdaptation", "ensure_source_checkpoint", "split_epochs", "ADAPT_METHODS", "ROUND_INITS"]
 
@@ -79,12 +80,7 @@ def _atomic_torch_save(obj: Any, path: str) -> None:
 
 
 def _atomic_json(obj: Any, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 def ensure_source_checkpoint(checkpoint: str | None, out_dir: str, **overrides: Any) -> str:

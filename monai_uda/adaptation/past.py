@@ -19,10 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from ignite.engine import Engine
 from monai.data import DataLoader, Dataset
@@ -31,6 +29,7 @@ from monai.transforms import Compose, RandSpatialCropd, SpatialPadd, SqueezeDimd
 from tqdm import tqdm
 
 from monai_uda.adaptation.top_q import DEFAULT_Q_START, DEFAULT_ROUNDS, IGNORE_VALUE, TopQSelector, roi_box
+from monai_uda.utils import atomic_write
 
 __all__ = [
     "PseudoLabelDiceCELoss",
@@ -49,20 +48,7 @@ _IMAGE_EXT = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp
 
 
 def _atomic(path: str, write: Callable[[str], None]) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(path)
-    suffix = next((e for e in _IMAGE_EXT if base.lower().endswith(e)), os.path.splitext(base)[1])
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, write)
 
 
 def save_state_dict(module: torch.nn.Module, path: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ from monai.utils import CommonKeys
 from torch.utils.data import Dataset
 
 from monai_uda.losses.cyclegan import CycleGANLoss
+from monai_uda.utils import atomic_write
 
 __all__ = [
     "CycleGANKeys",
@@ -305,20 +305,7 @@ def atomic_checkpoint_saver(save_dir: str, save_dict: dict, **kwargs: Any) -> Ch
 
 def _atomic_write(path: str, writer: Callable[[str], None]) -> None:
     """Write via ``writer(tmp_path)`` into a temp file next to ``path`` (same suffix), then ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(path)
-    suffix = ".nii.gz" if base.endswith(".nii.gz") else os.path.splitext(base)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, writer)
 
 
 def _zscore(x: np.ndarray, nonzero: bool) -> tuple[np.ndarray, float, float]:

@@ -18,7 +18,6 @@ import copy
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +38,7 @@ from monai_uda.adaptation.early_refinement import (
 )
 from monai_uda.handlers.agreement_early_stop import AgreementEarlyStop
 from monai_uda.networks.early_head import EarlyFeaturesSegmentor, freeze_for_refinement
+from monai_uda.utils import atomic_write_text
 
 __all__ = [
     "EARLY_KEY",
@@ -347,18 +347,7 @@ def refinement_summary(trainer: SupervisedTrainer) -> dict[str, Any]:
 
 
 def _atomic_json(obj: Any, path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def write_refinement_summary(

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import warnings
 from typing import Any, Callable, Iterable, Sequence
@@ -49,6 +48,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from tqdm import tqdm
+from monai_uda.utils import atomic_write
 
 __all__ = ["PseudoLabelRounds", "argmax_select", "IGNORE_VALUE", "STATE_FILE"]
 
@@ -68,17 +68,7 @@ def argmax_select(probs: torch.Tensor, round: int) -> torch.Tensor:
 
 
 def _atomic_write(path: str, write: Callable[[str], None], suffix: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, write)  # the suffix is taken from ``path``
 
 
 def _item_name(item: Any, fallback: str) -> str:
