@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -41,3 +42,25 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("demo", "datalist", "validate", "benchmark", "shift"):
         assert cmd in out
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("pair", ["A1", "D1"])
+def test_quick_benchmark_on_real_pair(shared_data, tmp_path, capsys, pair):
+    """The README's ``monai-uda benchmark --pair ... --quick`` on the real data: CSV, table and chart."""
+    import pandas as pd
+
+    out = tmp_path / pair
+    code = main(["benchmark", "--pair", pair, "--data-root", str(shared_data), "--methods", "source,oracle",
+                 "--quick", "--out", str(out)])
+    assert code == 0
+    for f in ("results.csv", "results.md", "results.png"):
+        assert (out / f).is_file(), f
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.method) == ["source", "oracle"] and set(df.pair) == {pair}
+    for col in ("dice", "iou", "surface_dice"):
+        assert df[col].between(0.0, 1.0).all(), df[col]
+    src, orc = (float(df.loc[df.method == m, "dice"].iloc[0]) for m in ("source", "oracle"))
+    gap = df.loc[df.method == "oracle", "gap_closed"].iloc[0]
+    assert gap == 1.0 if orc > src + 1e-8 else math.isnan(gap)  # (oracle - source) / (oracle - source)
+    assert f"| source |" in capsys.readouterr().out  # the printed summary table
