@@ -39,6 +39,26 @@ Conventions (stated explicitly because they differ between libraries):
   with ``unbiased=False`` and to a relative ~1/n with the default ``unbiased=True``.)
 - ``InstanceNorm`` layers with ``track_running_stats=True`` use their running buffers exactly like
   BatchNorm at inference, so they receive the same pooled (batch x space) moments.
+
+Distributed (``distributed=True``, one process per GPU under ``torchrun``; every rank passes its own
+shard of the target batches, shards may differ in size and may be empty on some ranks):
+
+- ``"reset"``: the statistics are pooled over *all* ranks exactly. Each rank merges its batches into
+  per-channel ``(count, mean, M2)`` (float64); then the counts and per-channel sums are all-reduced
+  (global mean), and the per-channel sums of squared deviations about that global mean
+  (``M2_r + n_r (mean_r - mean)^2``) are all-reduced too: the result is the population mean and
+  (Bessel-corrected with ``unbiased=True``, with the *global* count) variance of the union of the shards,
+  i.e. the single-process result on the same batches, up to float64 rounding. Ranks do not merely average
+  their means or variances.
+- ``"ema"``: Algorithm 1 is a sequential recursion, which has no exact parallel form. Every rank runs it
+  on its own shard, starting from the same source statistics, and the final running mean and variance
+  are the plain average over the ranks that saw at least one batch. As the update is linear, this equals
+  Algorithm 1 driven by the rank-averaged batch statistics of each step when all ranks see the same
+  number of batches (e.g. a ``DistributedSampler`` with ``even_divisible=True``); it is *not* the
+  single-process sequence over the concatenated data (whose older batches decay more).
+- In both modes ``num_batches_tracked`` grows by the total number of batches over all ranks, every rank
+  ends with identical buffers, and an error on one rank (NaN input, ...) is raised on every rank instead
+  of leaving the others waiting in a collective.
 """
 
 from __future__ import annotations
@@ -174,6 +194,65 @@ def _select_layers(all_layers: list[tuple[str, nn.Module]], layers: str | int | 
     return set(wanted)
 
 
+def _pool_across_ranks(
+    all_layers: list[tuple[str, nn.Module]],
+    chosen: set[str],
+    moments: dict[str, _Moments],
+    ema: dict[str, list[torch.Tensor]],
+    batches_seen: dict[str, int],
+    mode: str,
+) -> dict[str, float]:
+    """Combine the per-rank state of :func:`reestimate_bn` over all ranks, in place (see the module docstring).
+
+    ``chosen`` becomes the union over ranks (a rank with an empty shard has not seen the call order),
+    ``batches_seen`` the totals, ``moments`` the exact pooled moments (``"reset"``) and ``ema`` the sums
+    over the ranks that saw the layer (``"ema"``); returns, per layer, the number of those ranks.
+    """
+    from monai_uda.distributed import all_reduce
+
+    names = [n for n, _ in all_layers]
+    flags = torch.tensor([float(n in chosen) for n in names] + [float(batches_seen[n]) for n in names],
+                         dtype=torch.float64)
+    flags_max = all_reduce(flags[: len(names)], op="max")
+    seen = all_reduce(flags[len(names):])
+    chosen.update(n for n, f in zip(names, flags_max.tolist()) if f > 0)
+    local_seen = {n: batches_seen[n] for n in names}
+    for n, v in zip(names, seen.tolist()):
+        batches_seen[n] = int(v)
+    if mode == "reset":
+        # pass 1: global counts and per-channel sums -> global means
+        counts = torch.tensor([float(moments[n].n) for n in names], dtype=torch.float64)
+        sums = [moments[n].mean * moments[n].n for n in names]
+        packed = all_reduce(torch.cat([counts] + sums))
+        total_n, offset, means = packed[: len(names)], len(names), {}
+        for i, n in enumerate(names):
+            c = moments[n].mean.numel()
+            zero = torch.zeros(c, dtype=torch.float64)
+            means[n] = packed[offset : offset + c] / total_n[i] if total_n[i] > 0 else zero
+            offset += c
+        # pass 2: per-channel sums of squared deviations about the global mean (no cancellation)
+        m2 = [moments[n].m2 + moments[n].n * (moments[n].mean - means[n]) ** 2 for n in names]
+        m2_total = all_reduce(torch.cat(m2))
+        offset = 0
+        for i, n in enumerate(names):
+            c = moments[n].mean.numel()
+            moments[n].n, moments[n].mean, moments[n].m2 = int(total_n[i]), means[n], m2_total[offset : offset + c]
+            offset += c
+        return {n: 1.0 for n in names}
+    # "ema": average of the final per-rank recursions over the ranks that saw the layer
+    has = torch.tensor([float(local_seen[n] > 0) for n in names], dtype=torch.float64)
+    parts = [torch.cat([ema[n][0], ema[n][1]]) * has[i] for i, n in enumerate(names)]
+    packed = all_reduce(torch.cat([has] + parts))
+    ranks, offset, weight = packed[: len(names)], len(names), {}
+    for i, n in enumerate(names):
+        c = ema[n][0].numel()
+        if ranks[i] > 0:
+            ema[n][0], ema[n][1] = packed[offset : offset + c], packed[offset + c : offset + 2 * c]
+        weight[n] = float(ranks[i]) if ranks[i] > 0 else 1.0
+        offset += 2 * c
+    return weight
+
+
 def reestimate_bn(
     network: nn.Module,
     data: Iterable,
@@ -186,6 +265,7 @@ def reestimate_bn(
     image_key: str = "image",
     device: str | torch.device | None = None,
     progress: bool = True,
+    distributed: bool = False,
 ) -> nn.Module:
     """Re-estimate the normalisation statistics of ``network`` on unlabelled target data (Algorithm 1).
 
@@ -214,6 +294,10 @@ def reestimate_bn(
         image_key: key of the image in dict batches.
         device: where to run; defaults to the device of the network's first parameter/buffer.
         progress: show a tqdm progress bar.
+        distributed: pool the statistics over all ranks of the default ``torch.distributed`` process
+            group (see the module docstring for the exact semantics of each mode). ``data`` must then be
+            this rank's shard, and every rank must call this function (it runs collectives). Without a
+            process group this is the single-process computation.
 
     Returns:
         ``network``, in eval mode, with re-estimated statistics.
@@ -228,6 +312,8 @@ def reestimate_bn(
         raise ValueError(f"alpha must be in (0, 1], got {alpha}.")
     if int(passes) < 1:
         raise ValueError(f"passes must be >= 1, got {passes}.")
+    if distributed:  # without a process group the collectives below are no-ops (one rank)
+        from monai_uda.distributed import all_reduce
     all_layers = [(n, m) for n, m in network.named_modules() if is_running_stats_norm(m)]
     if not all_layers:
         raise ValueError(
@@ -308,6 +394,7 @@ def reestimate_bn(
     handles = [m.register_forward_pre_hook(make_pre_hook(n)) for n, m in all_layers]
     handles += [m.register_forward_hook(make_post_hook(n)) for n, m in all_layers]
     n_batches = 0
+    total_batches = 0
     ok = False
     try:
         network.eval()  # dropout off; norm layers are switched per call by the hooks
@@ -320,14 +407,28 @@ def reestimate_bn(
             pass
         from tqdm import tqdm
 
-        with torch.no_grad(), tqdm(total=total, desc=f"BN re-estimation ({mode})", disable=not progress) as bar:
-            for _ in range(int(passes)):
-                for batch in data:
-                    x = batch_to_tensor(batch, image_key).to(device)
-                    network(x)
-                    n_batches += 1
-                    bar.update(1)
-        ok = n_batches > 0
+        error: Exception | None = None
+        try:
+            with torch.no_grad(), tqdm(total=total, desc=f"BN re-estimation ({mode})", disable=not progress) as bar:
+                for _ in range(int(passes)):
+                    for batch in data:
+                        x = batch_to_tensor(batch, image_key).to(device)
+                        network(x)
+                        n_batches += 1
+                        bar.update(1)
+        except Exception as e:
+            if not distributed:
+                raise
+            error = e  # first tell the other ranks, so that none of them waits forever in a collective
+        total_batches = n_batches
+        if distributed:
+            status = all_reduce(torch.tensor([float(error is not None), float(n_batches)], dtype=torch.float64))
+            total_batches = int(status[1])
+            if error is not None:
+                raise error
+            if status[0] > 0:
+                raise RuntimeError("BatchNorm re-estimation failed on another rank (see its error).")
+        ok = total_batches > 0
     finally:
         for h in handles:
             h.remove()
@@ -340,9 +441,11 @@ def reestimate_bn(
                     m.num_batches_tracked.copy_(original_tracked[n])
         network.eval()  # returned in eval mode: train mode would overwrite the new statistics
 
-    if n_batches == 0:
+    if total_batches == 0:
         raise ValueError("data is empty: BatchNorm re-estimation needs at least one target batch.")
 
+    if distributed:
+        ema_weight = _pool_across_ranks(all_layers, chosen, moments, ema, batches_seen, mode)
     for name, m in all_layers:
         mean_s, var_s = source[name]
         if name in chosen and batches_seen[name] > 0:
@@ -351,6 +454,8 @@ def reestimate_bn(
                 mean_s, var_s = mom.mean, mom.m2 / (mom.n - 1 if unbiased else mom.n)
             else:
                 mean_s, var_s = ema[name]
+                if distributed:
+                    mean_s, var_s = mean_s / ema_weight[name], var_s / ema_weight[name]
         elif name in chosen:
             warnings.warn(f"norm layer {name!r} was never called in the forward pass; its statistics are unchanged.")
         # write the buffers (the source values again for non-adapted layers)

@@ -169,6 +169,11 @@ class PseudoLabelAdaptation:
         resume: continue after the last completed round found in ``output_dir``; False starts over.
         device, amp, num_workers, cache_rate, progress: as in the bundles.
         dataset_dir: base folder of relative paths in ``datalist``.
+        distributed: multi-GPU (one process per GPU, process group initialised, every rank runs
+            :meth:`run`): each round trains a ``DistributedDataParallel`` copy on this rank's
+            ``DistributedSampler`` shard of the pseudo-labelled items (``batch_size`` per rank, so the
+            global batch is ``W * batch_size``); rank 0 alone labels the target, writes the rounds, the
+            adapted model and the summary, the other ranks wait (see ``PseudoLabelRounds``).
     """
 
     def __init__(
@@ -204,6 +209,7 @@ class PseudoLabelAdaptation:
         cache_rate: float = 1.0,
         progress: bool = True,
         dataset_dir: str | None = None,
+        distributed: bool = False,
     ):
         if method not in ADAPT_METHODS:
             raise ValueError(f"method must be one of {ADAPT_METHODS}, got {method!r}.")
@@ -248,6 +254,7 @@ class PseudoLabelAdaptation:
         self.num_workers = int(num_workers)
         self.cache_rate = float(cache_rate)
         self.progress = bool(progress)
+        self.distributed = bool(distributed)  # without a process group: one rank, i.e. the single-process run
         self.history: list[dict[str, Any]] = []
         self._last_uncertainty: torch.Tensor | None = None
         self._source_state = self._load_source_state()
@@ -365,8 +372,19 @@ class PseudoLabelAdaptation:
         dataset = CacheDataset(
             data=datalist, transform=transform, cache_rate=self.cache_rate, num_workers=self.num_workers, progress=False
         )
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
         model = model.to(self.device)
+        network, rank0 = model, True
+        if self.distributed:
+            from monai.data import DistributedSampler
+
+            from monai_uda.distributed import get_rank, get_world_size, is_rank0, wrap_ddp
+
+            sampler = DistributedSampler(dataset, shuffle=True, even_divisible=True, seed=int(round),
+                                         num_replicas=get_world_size(), rank=get_rank())
+            loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+            network, rank0 = wrap_ddp(model, self.device), is_rank0()
+        else:
+            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.learning_rate)
         trainer_cls = VarianceSupervisedTrainer if self.method == "buda" else SupervisedTrainer
         inferer = MCDropoutInferer(self.mc_passes) if self.method == "mcdropout" else SimpleInferer()
@@ -378,12 +396,12 @@ class PseudoLabelAdaptation:
                 iteration_log=False,
                 name=__name__,
             )
-        ]
+        ] if rank0 else []
         trainer = trainer_cls(
             device=self.device,
             max_epochs=self.epochs[round - 1],
             train_data_loader=loader,
-            network=model,
+            network=network,
             optimizer=optimizer,
             loss_function=self.loss_function,
             inferer=inferer,
@@ -401,7 +419,7 @@ class PseudoLabelAdaptation:
                 raise FloatingPointError(f"{self.method} loss is NaN in round {round}, iteration {engine.state.iteration}.")
             losses.append(value)
 
-        if self.progress:
+        if self.progress and rank0:
             from ignite.handlers import ProgressBar
 
             ProgressBar(desc=f"{self.method} round {round}", persist=False).attach(trainer)
@@ -428,6 +446,7 @@ class PseudoLabelAdaptation:
             model_factory=factory,
             collapse_threshold=self.collapse_threshold,
             progress=self.progress,
+            distributed=self.distributed,
         )
 
     def _clear_rounds(self) -> None:
@@ -443,10 +462,22 @@ class PseudoLabelAdaptation:
         """Run (or resume) the rounds; save and return ``<ckpt_dir>/model.pt`` (a plain ``UDAUNet`` state dict)."""
         t0 = time.time()
         if not self.resume:
-            self._clear_rounds()
+            if self.distributed:
+                from monai_uda.distributed import on_rank0
+
+                on_rank0(self._clear_rounds)
+            else:
+                self._clear_rounds()
         items = self.uda.split("target_training", limit=self.data_limit)
         driver = self.rounds()
         model = driver.run(self.build_network(), items)
+        if self.distributed:
+            from monai_uda.distributed import on_rank0
+
+            return on_rank0(self._save_outputs, model, driver, t0)
+        return self._save_outputs(model, driver, t0)
+
+    def _save_outputs(self, model: torch.nn.Module, driver: PseudoLabelRounds, t0: float) -> str:
         seg = self.segmentation_network(model)
         path = os.path.join(self.ckpt_dir, "model.pt")
         _atomic_torch_save({k: v.detach().cpu() for k, v in seg.state_dict().items()}, path)

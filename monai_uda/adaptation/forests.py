@@ -181,6 +181,7 @@ def train_source_forests(
     max_tries_factor: int = 20,
     progress: bool = True,
     backend: str = "threading",
+    shard: tuple[int, int] | None = None,
     **forest_kwargs,
 ) -> list[RandomForestClassifier]:
     """Train many small forests on random patches of densely labelled source images (Section 2.1).
@@ -200,9 +201,14 @@ def train_source_forests(
         n_estimators, max_depth, forest_kwargs: passed to ``RandomForestClassifier``.
         max_tries_factor: give up after ``max_tries_factor * n_forests`` draws (single-class patches).
         progress: show a tqdm bar.
+        shard: ``(index, count)``: fit only forests ``index, index + count, ...`` of the full list (the
+            patches and per-forest seeds are still drawn for all ``n_forests``, so the shards of
+            ``count`` workers, interleaved back, are exactly the single-process forests). Multi-GPU runs
+            split the forests across ranks this way.
 
     Returns:
-        The fitted forests; each carries ``s2d_patch_ = {"image", "start", "size", "n_train"}`` and
+        The fitted forests (only the shard's, in order, with ``shard``); each carries
+        ``s2d_patch_ = {"image", "start", "size", "n_train"}`` and
         ``s2d_skipped_patches_`` (how many single-class patches were skipped and redrawn in total).
     """
     images = [load_single_channel(i, "images[%d]" % k)[0] for k, i in enumerate(_as_list(images))]
@@ -233,6 +239,11 @@ def train_source_forests(
             skipped += 1
             continue
         jobs.append((k, start, sizes, int(rng.integers(2**31 - 1))))
+    if shard is not None:
+        index, count = (int(v) for v in shard)
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}.")
+        jobs = jobs[index::count]
     kwargs = dict(n_estimators=n_estimators, max_depth=max_depth, **forest_kwargs)
     config = features.get_config()
     tasks = (

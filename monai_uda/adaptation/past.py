@@ -175,6 +175,7 @@ def translate_datalist(
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    distributed: bool = False,
 ) -> str:
     """Translate the source images of a UDA datalist and write ``<out_dir>/datalist.json`` (Algorithm 1, line 3).
 
@@ -196,6 +197,9 @@ def translate_datalist(
         device: where the generator runs.
         overwrite: re-translate files that already exist.
         progress: tqdm bar.
+        distributed: multi-GPU (process group initialised, every rank calls this): the images are split
+            round-robin across the ranks (rank ``r`` translates/crops files ``r, r + W, ...``), then rank 0
+            writes the datalist once every rank has finished; every rank returns its path.
 
     Returns:
         the path of the translated datalist.
@@ -211,10 +215,20 @@ def translate_datalist(
     jobs = [(k, i, it) for k in keys if k in dl for i, it in enumerate(dl[k])]
     if not jobs:
         raise ValueError(f"translate_datalist: the datalist has no items under {list(keys)}.")
-    for k, i, it in tqdm(jobs, desc="translate source", disable=not progress):
+    rank, world = 0, 1
+    if distributed:
+        from monai_uda.distributed import get_rank, get_world_size
+
+        rank, world = get_rank(), get_world_size()
+    counter = iter(range(10**12))  # files in a fixed order on every rank: file j is rank (j % world)'s
+
+    def mine() -> bool:
+        return next(counter) % world == rank
+
+    for k, i, it in tqdm(jobs, desc="translate source", disable=not progress or rank > 0):
         src = it["image"]
         out = os.path.join(out_dir, k, _out_name(i, src))
-        if overwrite or not os.path.isfile(out):
+        if mine() and (overwrite or not os.path.isfile(out)):
             if roi_fractions is not None:
                 cropped = os.path.join(out_dir, ".roi", k, _out_name(i, src))
                 src = crop_roi_file(src, cropped, roi_fractions)
@@ -222,7 +236,7 @@ def translate_datalist(
         it["image"] = out
         if roi_fractions is not None and "label" in it:
             lab = os.path.join(out_dir, k, "labels", _out_name(i, it["label"]))
-            if overwrite or not os.path.isfile(lab):
+            if mine() and (overwrite or not os.path.isfile(lab)):
                 crop_roi_file(it["label"], lab, roi_fractions)
             it["label"] = lab
     if roi_fractions is not None:  # the other lists live in the ROI too
@@ -233,7 +247,7 @@ def translate_datalist(
                 for field in ("image", "label"):
                     if field in it:
                         dst = os.path.join(out_dir, k, field, _out_name(i, it[field]))
-                        if overwrite or not os.path.isfile(dst):
+                        if mine() and (overwrite or not os.path.isfile(dst)):
                             crop_roi_file(it[field], dst, roi_fractions)
                         it[field] = dst
     dl["name"] = f"{dl.get('name', 'pair')}_translated"
@@ -245,6 +259,11 @@ def translate_datalist(
         with open(tmp, "w") as f:
             json.dump(dl, f, indent=2)
 
+    if distributed:  # all files exist once every rank got here; rank 0 writes the datalist, all return it
+        from monai_uda.distributed import barrier, on_rank0
+
+        barrier()
+        return on_rank0(_atomic, path, write)
     return _atomic(path, write)
 
 
@@ -306,6 +325,10 @@ class TopQSelfTraining:
         max_epochs, epoch_length, batch_size, num_workers: the training budget of *each* round.
         device: labelling device.
         progress: tqdm bars.
+        distributed: multi-GPU (process group initialised, every rank runs :meth:`run`): ``trainer`` trains a
+            ``DistributedDataParallel`` wrapper of ``network`` (pass the unwrapped module as ``network``), each
+            round's loader gets a ``DistributedSampler``; rank 0 alone labels ``X_c`` and writes the rounds and
+            ``final_checkpoint``, the other ranks wait (``PseudoLabelRounds(distributed=True)``).
     """
 
     def __init__(
@@ -333,6 +356,7 @@ class TopQSelfTraining:
         num_workers: int = 0,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        distributed: bool = False,
     ) -> None:
         from monai_uda.handlers.pseudo_label_rounds import PseudoLabelRounds
 
@@ -355,9 +379,12 @@ class TopQSelfTraining:
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.device = torch.device(device)
         self.selector = TopQSelector(q_start=q_start, q_step=q_step, q_max=q_max, schedule=schedule)
+        self.distributed = bool(distributed)
+        if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            raise TypeError("TopQSelfTraining: pass the unwrapped network (the trainer may hold its DDP wrapper).")
         self.rounds = PseudoLabelRounds(
             num_rounds=num_rounds, output_dir=output_dir, predict_fn=self.predict, select_fn=self.select,
-            train_fn=self.train, progress=progress,
+            train_fn=self.train, progress=progress, distributed=self.distributed,
         )
 
     @property
@@ -387,14 +414,28 @@ class TopQSelfTraining:
         datasets = [Dataset(pseudo_datalist, self.train_transform)]
         if self.mode == "real":
             datasets.insert(0, Dataset(self.translated_items, self.source_transform))
-        loader = DataLoader(
-            torch.utils.data.ConcatDataset(datasets), batch_size=self.batch_size, shuffle=True,
-            num_workers=self.num_workers,
-        )
+        data = torch.utils.data.ConcatDataset(datasets)
         t = self.trainer
+        sampler, epoch_handle = None, None
+        if self.distributed:
+            from ignite.engine import Events
+            from monai.data import DistributedSampler
+
+            from monai_uda.distributed import get_rank, get_world_size
+
+            sampler = DistributedSampler(data, shuffle=True, even_divisible=True, seed=int(round_index),
+                                         num_replicas=get_world_size(), rank=get_rank())
+            epoch_handle = t.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch))
+        loader = DataLoader(
+            data, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=self.num_workers
+        )
         t.data_loader = loader
         t.state.max_epochs, t.state.max_iters = None, None  # a new ignite run for every round
-        Engine.run(t, data=loader, max_epochs=self.max_epochs, epoch_length=self.epoch_length or len(loader))
+        try:
+            Engine.run(t, data=loader, max_epochs=self.max_epochs, epoch_length=self.epoch_length or len(loader))
+        finally:
+            if epoch_handle is not None:
+                epoch_handle.remove()
         logger.info("self-training round %d: %d iterations on %d items", round_index, t.state.iteration, len(loader.dataset))
         return self.network
 
@@ -411,7 +452,12 @@ class TopQSelfTraining:
         if model is not self.network:
             self.network.load_state_dict(model.state_dict())
         if self.final_checkpoint is not None:
-            save_state_dict(self.network, self.final_checkpoint)
+            if self.distributed:
+                from monai_uda.distributed import on_rank0
+
+                on_rank0(save_state_dict, self.network, self.final_checkpoint)
+            else:
+                save_state_dict(self.network, self.final_checkpoint)
         return self.network
 
 

@@ -112,22 +112,46 @@ def ensure_source_forests(
     seed: int = 0,
     n_jobs: int = 1,
     overwrite: bool = False,
+    distributed: bool = False,
 ) -> str:
     """Train the source forests (Section 2.1) and save them atomically to ``path``; reuse an existing file.
 
     Only the labelled source split ``key`` is read. Returns ``path``.
+
+    With ``distributed`` (process group initialised, every rank calls this) the forests are split across
+    the ranks (rank ``r`` fits forests ``r, r + W, ...``; patches and seeds are drawn identically
+    everywhere), gathered on rank 0 in their single-process order and saved there: the file holds exactly
+    the single-process forests. Every rank returns ``path`` once it is written.
     """
-    if os.path.isfile(path) and not overwrite:
+    exists = os.path.isfile(path) and not overwrite
+    if distributed:
+        from monai_uda.distributed import all_reduce
+
+        exists = bool(all_reduce(torch.tensor([float(exists)]), op="min")[0] > 0)  # one decision for all ranks
+    if exists:
         logger.info("source forests exist: %s", path)
         return path
     items = loaded_items(uda, key, ("image", "label"), data_limit)
     feats = PixelFeatures(**(features or {}))
     t = time.perf_counter()
+    shard = None
+    if distributed:
+        from monai_uda.distributed import get_rank, get_world_size
+
+        shard = (get_rank(), get_world_size())
     forests = train_source_forests(
         [_to_np(d["image"]) for d in items], [_to_np(d["label"]) for d in items], n_forests=n_forests,
         patch_size_range=tuple(patch_size_range), samples_per_class=samples_per_class, seed=seed, n_jobs=n_jobs,
-        features=feats, n_estimators=n_estimators,
+        features=feats, n_estimators=n_estimators, shard=shard,
     )
+    if distributed:
+        from monai_uda.distributed import all_gather_objects, interleave_gathered, on_rank0
+
+        forests = interleave_gathered(all_gather_objects(forests))
+        on_rank0(save_forests, path, forests, feats)
+        logger.info("trained %d source forests on %d ranks in %.1f s -> %s", len(forests), shard[1],
+                    time.perf_counter() - t, path)
+        return path
     save_forests(path, forests, feats)
     logger.info("trained %d source forests in %.1f s -> %s", len(forests), time.perf_counter() - t, path)
     return path
@@ -334,18 +358,23 @@ class ForestEnhancerNet(nn.Module):
 
 def pseudo_label_items(
     net: ForestEnhancerNet, uda, key: str = "target_training", data_limit: int | None = None,
-    cache_dir: str | None = None, device: str | torch.device = "cpu",
+    cache_dir: str | None = None, device: str | torch.device = "cpu", indices: Sequence[int] | None = None,
 ) -> list[dict]:
     """The enhancer's soft foreground probabilities on the unlabelled target images (the pseudo-labels).
 
     Only images of ``key`` are read. Each item is ``{"image": path, "pseudo": (1, *S) float tensor}``, the
     pseudo-label in the loaded (normalised, oriented) image space. With ``cache_dir`` each pseudo-label is
     written once (``.npy``, atomically) and reused (delete the folder after changing the forest/enhancer).
+    ``indices`` (positions in the split) restricts the work to those items, in that order: a multi-GPU
+    rank labels only its own shard (:func:`monai_uda.distributed.shard_indices`); cache names keep the
+    position in the split.
     """
     items = uda.split(key, limit=data_limit)
+    order = range(len(items)) if indices is None else [int(i) for i in indices]
     net = net.to(device).eval()
     out = []
-    for k, it in enumerate(tqdm(items, desc="pseudo-labels", leave=False)):
+    for k in tqdm(order, desc="pseudo-labels", leave=False):
+        it = items[k]
         cached = None
         if cache_dir:
             name = os.path.basename(str(it["image"])).split(".")[0]

@@ -1,8 +1,11 @@
 """Helpers that bundle configs call: where a bundle lives, how to run one from Python."""
 
+from .. import distributed  # monai_uda.distributed (torch-only, cheap to import), exposed for the configs
 from .checkpoint import latest_checkpoint, resume_from
 from .locate import bundle_dir, bundles_root, locate_bundle_root
 from .run import run_bundle
 from .source import ensure_source_checkpoint, load_network, save_network
+from .tracking import log_to_trackers
 
-__all__ = ["latest_checkpoint", "resume_from", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_source_checkpoint", "load_network", "save_network"]
+__all__ = ["distributed", "latest_checkpoint", "resume_from", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_source_checkpoint", "load_network", "save_network",
+           "log_to_trackers"]

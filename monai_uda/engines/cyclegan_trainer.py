@@ -145,6 +145,13 @@ def _unpaired_prepare_batch(source_key: str, target_key: str) -> Callable:
     return prepare
 
 
+def _local(net: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (others unchanged)."""
+    if isinstance(net, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        return net.module
+    return net
+
+
 class CycleGANTrainer(Trainer):
     """CycleGAN training workflow on unpaired batches (``monai.engines.Trainer`` subclass).
 
@@ -238,14 +245,16 @@ class CycleGANTrainer(Trainer):
         def d(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
             return lambda x: engine.d_inferer(x, net)
 
-        # 1) generators, discriminators frozen
+        # 1) generators, discriminators frozen. Under multi-GPU (DDP-wrapped networks) the frozen
+        # discriminators run as their local replicas: they get no gradient here, and a DDP forward would
+        # wait for one (their gradients are synchronised in step 2).
         for net in (engine.g_st, engine.g_ts, engine.d_s, engine.d_t):
             net.train()
         for net in (engine.d_s, engine.d_t):
             net.requires_grad_(False)
         engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         gl = engine.loss_function.generator_loss(
-            g(engine.g_st), g(engine.g_ts), d(engine.d_s), d(engine.d_t), real_s, real_t
+            g(engine.g_st), g(engine.g_ts), d(_local(engine.d_s)), d(_local(engine.d_t)), real_s, real_t
         )
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

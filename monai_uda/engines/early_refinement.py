@@ -95,13 +95,14 @@ class EarlyRefinementUpdate:
     def __call__(self, engine: SupervisedTrainer, batchdata: Any) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        net = engine.network
-        if not isinstance(net, EarlyFeaturesSegmentor):
-            raise TypeError(f"the trainer's network must be an EarlyFeaturesSegmentor, got {type(net).__name__}.")
-        if net.inference:
+        net = engine.network  # may be a DistributedDataParallel wrapper (multi-GPU): forward through it
+        seg = net.module if isinstance(net, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else net
+        if not isinstance(seg, EarlyFeaturesSegmentor):
+            raise TypeError(f"the trainer's network must be an EarlyFeaturesSegmentor, got {type(seg).__name__}.")
+        if seg.inference:
             raise ValueError("the EarlyFeaturesSegmentor is in inference mode; set `inference=False` to refine it.")
         x = _batch_image(batchdata, self.image_key).to(engine.state.device, non_blocking=engine.non_blocking)
-        set_refinement_mode(net, self.reestimate_bn)
+        set_refinement_mode(seg, self.reestimate_bn)
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         final, early = split_outputs(engine.inferer(x, net))
         engine.state.output = {Keys.IMAGE: x, Keys.PRED: final, EARLY_KEY: early[0] if len(early) == 1 else early}

@@ -36,6 +36,12 @@ class PseudoLabelUpdate:
 
     The trainer's ``loss_function`` must be a :class:`Shallow2DeepLoss`; with ``consistency=False`` the
     teacher is still updated (cheap) but never evaluated. ``teacher`` is exposed for checkpointing.
+
+    Multi-GPU: the trainer's network may be a ``DistributedDataParallel`` wrapper of ``network`` (pass the
+    unwrapped student here). The teacher then follows the synchronised student on every rank (identical
+    teachers), and after every step the rectification class means ``eta`` of the loss (Eq. 8) are averaged
+    over the ranks; Eq. 8 being linear, that is one update with the rank-averaged batch class means, and
+    every rank keeps the same ``eta``.
     """
 
     def __init__(self, network: nn.Module, pseudo_key: str = "pseudo", alpha: float = 0.999, ema_warmup: bool = True):
@@ -88,6 +94,18 @@ class PseudoLabelUpdate:
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        ema_update(self.teacher, engine.network, self.current_alpha())  # Eq. 2
+        student = engine.network
+        if isinstance(student, torch.nn.parallel.DistributedDataParallel):
+            student = student.module
+            if loss_fn.rectification:  # the same decision on every rank: always one collective
+                from monai_uda.distributed import all_reduce
+
+                eta = loss_fn.eta.detach().double()
+                known = ~torch.isnan(eta)
+                total = all_reduce(torch.cat([torch.where(known, eta, torch.zeros_like(eta)), known.double()]))
+                n = total[2:]
+                mean = torch.where(n > 0, total[:2] / n.clamp_min(1), torch.full_like(n, float("nan")))
+                loss_fn.eta.copy_(mean.to(loss_fn.eta))
+        ema_update(self.teacher, student, self.current_alpha())  # Eq. 2
         self.step += 1
         return engine.state.output

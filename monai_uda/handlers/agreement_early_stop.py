@@ -48,6 +48,10 @@ class AgreementEarlyStop:
         include_background: include the background class in the agreement Dice.
         compare_with_initial: also compute ``d_0`` when the run starts.
         network: the model to evaluate; defaults to ``engine.network``.
+        distributed: multi-GPU (DDP) refinement: ``data_loader`` is this rank's shard of the target set and
+            the agreement is the mean over the images of *all* ranks (per-rank sums and counts are
+            all-reduced), so that every rank takes the same stopping decision (otherwise a rank that stops
+            early leaves the others waiting in DDP's gradient all-reduce). Every rank must run the handler.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class AgreementEarlyStop:
         include_background: bool = False,
         compare_with_initial: bool = False,
         network: torch.nn.Module | None = None,
+        distributed: bool = False,
     ):
         if min_delta < 0:
             raise ValueError(f"`min_delta` must be >= 0, got {min_delta}.")
@@ -77,6 +82,7 @@ class AgreementEarlyStop:
         self.include_background = include_background
         self.compare_with_initial = compare_with_initial
         self.network = network
+        self.distributed = bool(distributed)
 
     def attach(self, engine: Engine) -> None:
         """Register the handler on ``engine`` (STARTED, EPOCH_COMPLETED, COMPLETED)."""
@@ -109,6 +115,8 @@ class AgreementEarlyStop:
         net = self.network if self.network is not None else getattr(engine, "network", None)
         if net is None:
             raise ValueError("AgreementEarlyStop: no `network` given and the engine has no `network`.")
+        if isinstance(net, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            net = net.module  # evaluate the local replica: no DDP buffer broadcast (a collective) per rank
         device = getattr(engine.state, "device", None)
         flags = {m: m.training for m in net.modules()}
         net.eval()
@@ -125,6 +133,14 @@ class AgreementEarlyStop:
         finally:
             for m, flag in flags.items():
                 m.training = flag
+        if self.distributed:
+            from monai_uda.distributed import all_reduce
+
+            local = torch.cat(values).double() if values else torch.zeros(0, dtype=torch.float64)
+            total = all_reduce(torch.stack([local.sum(), torch.tensor(float(local.numel()), dtype=torch.float64)]))
+            if total[1] == 0:
+                raise ValueError("AgreementEarlyStop: `data_loader` yielded no batches on any rank.")
+            return float(total[0] / total[1])
         if not values:
             raise ValueError("AgreementEarlyStop: `data_loader` yielded no batches.")
         return float(torch.cat(values).mean())

@@ -53,6 +53,12 @@ class BNReestimation:
         batch_size: batch size when ``data`` is a dataset.
         num_workers: loader workers when ``data`` is a dataset.
         progress: tqdm progress bar.
+        distributed: pool the statistics over all ranks of the ``torch.distributed`` process group
+            (``reestimate_bn(distributed=True)``; every rank must call the handler). A dataset ``data`` is
+            then cut into the same unshuffled batches as in a single process and rank ``r`` takes batches
+            ``r, r + W, ...``, so that in ``"reset"`` mode the result equals the single-process one
+            exactly; a loader or iterable ``data`` must already be this rank's shard. See
+            :mod:`monai_uda.adaptation.bn_reestimation` for the ``"ema"`` semantics.
     """
 
     def __init__(
@@ -70,17 +76,25 @@ class BNReestimation:
         batch_size: int = 4,
         num_workers: int = 0,
         progress: bool = True,
+        distributed: bool = False,
     ) -> None:
         if mode not in ("ema", "reset"):
             raise ValueError(f"mode must be 'ema' or 'reset', got {mode!r}.")
+        self.dataset = None
         if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
             from monai.data import DataLoader
 
-            data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+            if distributed:  # sharded when called: the rank is known once the process group exists
+                self.dataset = data
+            else:
+                data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         self.data = data
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.network = network
+        self.distributed = bool(distributed)
         self.kwargs = dict(
-            alpha=alpha, mode=mode, passes=passes, layers=layers, unbiased=unbiased, image_key=image_key, progress=progress
+            alpha=alpha, mode=mode, passes=passes, layers=layers, unbiased=unbiased, image_key=image_key,
+            progress=progress, distributed=self.distributed,
         )
         self.event = self._resolve_event(event)
         self.once = once
@@ -96,6 +110,19 @@ class BNReestimation:
             return getattr(Events, name)
         return event
 
+    def rank_loader(self) -> Iterable:
+        """This rank's share of the single-process batches of the dataset: batches ``rank, rank + W, ...``."""
+        from monai.data import DataLoader
+
+        from monai_uda.distributed import get_rank, get_world_size
+
+        if self.dataset is None:
+            return self.data
+        n = len(self.dataset)  # type: ignore[arg-type]
+        batches = [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
+        own = batches[get_rank() :: get_world_size()]
+        return DataLoader(self.dataset, batch_sampler=own, num_workers=self.num_workers)
+
     def attach(self, engine: Engine) -> None:
         """Register this handler on ``engine`` at ``event``."""
         if not engine.has_event_handler(self, self.event):
@@ -109,7 +136,8 @@ class BNReestimation:
         if network is None:
             raise ValueError("BNReestimation needs a network: pass network= or use an engine with .network.")
         device = getattr(getattr(engine, "state", None), "device", None)  # MONAI workflows keep it in engine.state
-        reestimate_bn(network, self.data, device=device, **self.kwargs)
+        data = self.data if self.dataset is None else self.rank_loader()
+        reestimate_bn(network, data, device=device, **self.kwargs)
         self.calls += 1
         self.logger.info(f"BNReestimation: re-estimated the norm statistics ({self.kwargs['mode']}, call {self.calls}).")
         return network

@@ -32,6 +32,11 @@ Each method plugs in through callables:
 
 Rounds wrap whole trainings, so the driver is a plain object rather than an ignite event handler;
 ``train_fn`` is free to build and run an ignite/MONAI trainer.
+
+Multi-GPU (``distributed=True``, every rank runs :meth:`PseudoLabelRounds.run`): ``train_fn`` runs on every
+rank (it is expected to train a DDP model on its shard of the pseudo-labelled items); labelling, the
+per-round checkpoint and the state file are done by rank 0 alone with its (DDP-synchronised) model, and
+the other ranks wait for it and receive the new state before the next round reads its pseudo-labels.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ class PseudoLabelRounds:
         background: background class index.
         save_checkpoints: write ``round_<r>/model.pt`` (needed to resume).
         progress: show tqdm progress bars.
+        distributed: multi-GPU rounds (see the module docstring); without a process group: the single-process rounds.
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class PseudoLabelRounds:
         background: int = 0,
         save_checkpoints: bool = True,
         progress: bool = True,
+        distributed: bool = False,
     ):
         if int(num_rounds) < 0:
             raise ValueError(f"num_rounds must be >= 0, got {num_rounds}.")
@@ -161,6 +168,7 @@ class PseudoLabelRounds:
         self.background = int(background)
         self.save_checkpoints = save_checkpoints
         self.progress = progress
+        self.distributed = bool(distributed)
 
     # ----------------------------------------------------------------------------------- state file
     @property
@@ -319,9 +327,13 @@ class PseudoLabelRounds:
         target_items = list(target_items)
         if not target_items:
             raise ValueError("target_items is empty.")
-        os.makedirs(self.output_dir, exist_ok=True)
         ids = self._item_ids(target_items)
-        state = self.load_state()
+        if self.distributed:  # one reading for all ranks, before rank 0 writes anything
+            from monai_uda.distributed import on_rank0
+
+            state = on_rank0(self._prepare_output)
+        else:
+            state = self._prepare_output()
         if state is None:
             state = {"version": 1, "num_rounds": self.num_rounds, "items": ids, "completed": [], "rounds": {}}
         elif state.get("items") != ids:
@@ -350,12 +362,26 @@ class PseudoLabelRounds:
                 if not isinstance(trained, torch.nn.Module):
                     raise TypeError(f"train_fn must return the trained torch.nn.Module, got {type(trained).__name__}.")
                 model = trained
-            info = self._label_round(model, target_items, r)
-            info["checkpoint"] = self._save_checkpoint(model, r)
-            info["fresh_model"] = self.model_factory is not None and r > 0
-            info["seconds"] = round(time.time() - t0, 3)
-            state["rounds"][str(r)] = info
-            state["completed"] = sorted(set(state["completed"]) | {r})
-            self._save_state(state)
-            logger.info("pseudo-label round %d done: foreground fraction %.4f", r, info["foreground_fraction"])
+            if self.distributed:  # rank 0 labels and writes; every rank gets the new state (or rank 0's error)
+                from monai_uda.distributed import on_rank0
+
+                state = on_rank0(self._finish_round, model, target_items, r, state, t0)
+            else:
+                state = self._finish_round(model, target_items, r, state, t0)
         return model
+
+    def _prepare_output(self) -> dict | None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        return self.load_state()
+
+    def _finish_round(self, model: torch.nn.Module, target_items: list, r: int, state: dict, t0: float) -> dict:
+        """Label round ``r``, save its checkpoint and the state file; returns the new state."""
+        info = self._label_round(model, target_items, r)
+        info["checkpoint"] = self._save_checkpoint(model, r)
+        info["fresh_model"] = self.model_factory is not None and r > 0
+        info["seconds"] = round(time.time() - t0, 3)
+        state["rounds"][str(r)] = info
+        state["completed"] = sorted(set(state["completed"]) | {r})
+        self._save_state(state)
+        logger.info("pseudo-label round %d done: foreground fraction %.4f", r, info["foreground_fraction"])
+        return state

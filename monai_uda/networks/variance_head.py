@@ -10,6 +10,7 @@ enter it, and an extra 1×1 convolution on those features gives V, made positive
 from __future__ import annotations
 
 import math
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,14 @@ class VarianceUNet(torch.nn.Module):
         ValueError: bad ``output``/``min_variance``/``init_variance``, or a ``feature_layer`` that is not a
             convolution.
         KeyError: ``feature_layer`` is not a sub-module of ``network``.
+
+    TorchScript: ``torch.jit.script`` (and so ``monai.bundle ckpt_export``) works for a ``BasicUNet``-family
+    ``network`` with ``feature_layer="final_conv"``: forward hooks cannot be scripted, so the scripted
+    forward runs the BasicUNet stages itself and takes the decoder features that enter ``final_conv``,
+    the very tensor the hook records in eager mode (same values). ``output`` is fixed at scripting time.
     """
+
+    __jit_unused_properties__ = ["output"]
 
     def __init__(
         self,
@@ -99,13 +107,40 @@ class VarianceUNet(torch.nn.Module):
         """V = softplus(conv1x1(features)) + min_variance (positive, finite, no overflow)."""
         return F.softplus(self.variance_conv(features)) + self.min_variance
 
-    def forward(self, x: torch.Tensor):
-        if self._output == "logits":
-            return self.network(x)
+    @torch.jit.unused
+    def _recorded_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Eager mode: logits and the input of ``feature_layer``, read with a forward pre-hook."""
         with FeatureRecorder(self.network, [self.feature_layer], record_input=True) as rec:
             logits = self.network(x)
-        var = self.variance(rec.features[self.feature_layer])
+        return logits, rec.features[self.feature_layer]
+
+    def _scripted_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """TorchScript: ``BasicUNet.forward`` stage by stage, returning the logits and ``final_conv``'s input."""
+        if self.feature_layer != "final_conv":
+            raise RuntimeError("a scripted VarianceUNet needs feature_layer='final_conv' (a BasicUNet-family network).")
+        net = self.network
+        x0 = net.conv_0(x)
+        x1 = net.down_1(x0)
+        x2 = net.down_2(x1)
+        x3 = net.down_3(x2)
+        x4 = net.down_4(x3)
+        u4 = net.upcat_4(x4, x3)
+        u3 = net.upcat_3(u4, x2)
+        u2 = net.upcat_2(u3, x1)
+        u1 = net.upcat_1(u2, x0)
+        return net.final_conv(u1), u1
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        if self._output == "logits":
+            return self.network(x)
+        if torch.jit.is_scripting():
+            logits, features = self._scripted_features(x)
+        else:
+            logits, features = self._recorded_features(x)
+        var = self.variance(features)
         if var.shape != logits.shape:
+            if torch.jit.is_scripting():
+                raise RuntimeError("variance map shape differs from the logits; feature_layer must be the last layer.")
             raise RuntimeError(
                 f"variance map shape {tuple(var.shape)} differs from the logits {tuple(logits.shape)}; "
                 f"'{self.feature_layer}' must be the network's last layer."

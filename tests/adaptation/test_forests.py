@@ -109,3 +109,22 @@ def test_save_load_roundtrip(tmp_path):
         np.testing.assert_array_equal(predict_foreground(a, x), predict_foreground(b, x))
     with pytest.raises(ValueError, match="F=4"):
         predict_foreground(loaded[0], img[None])  # raw image instead of features
+
+
+def test_shards_interleave_back_to_the_single_process_forests():
+    """Multi-GPU prepare_forests: rank r fits forests r, r + W, ...; interleaved, they are the full list."""
+    from monai_uda.distributed import interleave_gathered
+
+    img, lab = _pair()
+    kw = dict(n_forests=5, patch_size_range=(16, 24), samples_per_class=30, n_jobs=1, features=FEATS,
+              n_estimators=2, progress=False, seed=3)
+    full = train_source_forests([img], [lab], **kw)
+    shards = [train_source_forests([img], [lab], shard=(r, 2), **kw) for r in range(2)]
+    assert [len(s) for s in shards] == [3, 2]
+    merged = interleave_gathered(shards)
+    x = FEATS(img[None])
+    for a, b in zip(full, merged):
+        assert a.s2d_patch_ == b.s2d_patch_
+        np.testing.assert_array_equal(predict_foreground(a, x), predict_foreground(b, x))
+    with pytest.raises(ValueError, match="shard"):
+        train_source_forests([img], [lab], shard=(2, 2), **kw)

@@ -70,3 +70,18 @@ def test_bad_arguments():
         VarianceUNet(base, min_variance=0.0)
     with pytest.raises(ValueError, match="output"):
         VarianceUNet(base, output="mean")
+
+
+@pytest.mark.parametrize("output", ["both", "logits", "variance"])
+def test_torchscript_equals_eager(output):
+    """``torch.jit.script`` (what ``monai.bundle ckpt_export`` uses) gives the eager outputs in every mode."""
+    torch.manual_seed(0)
+    net = VarianceUNet(UDAUNet(out_channels=3, features=FEAT), output=output).eval()
+    x = torch.randn(2, 1, 32, 32)
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        a, b = scripted(x), net(x)
+    if output == "both":
+        assert isinstance(a, tuple) and all(torch.equal(i, j) for i, j in zip(a, b))
+    else:
+        assert isinstance(a, torch.Tensor) and torch.equal(a, b)

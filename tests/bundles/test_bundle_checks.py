@@ -1,0 +1,127 @@
+"""MONAI bundle checks of every bundle's inference network: ``verify_net_in_out`` and ``ckpt_export``.
+
+The commands run exactly as ``python -m monai.bundle <command> ...``: a driver subprocess executes the
+``monai.bundle`` CLI module with each command's ``sys.argv`` in turn (one interpreter for all of them:
+importing MONAI costs ~7 CPU-seconds on the 2-core CI, the checks themselves ~2 s each). The checkpoint is
+a freshly initialised network's state dict. The TorchScript file must load and give the eager network's
+output on a random input, and the output must have the channels and spatial shape that ``metadata.json``
+promises (``verify_net_in_out`` itself checks only the channels and the dtype). ``verify_metadata`` is run
+by each bundle's own test module.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from monai_uda.bundle import bundle_dir
+
+BUNDLES = ["source_segmentation", "bn_reestimation_segmentation", "early_feature_refinement_segmentation",
+           "variance_sampling_segmentation", "shallow2deep_segmentation", "pixel_alignment_segmentation"]
+# (bundle, inference config layers): every inference network, the uncertainty one of BUDA-Seg included
+CASES = [(b, ["inference.json"]) for b in BUNDLES] + [
+    ("variance_sampling_segmentation", ["inference.json", "inference_uncertainty.json"])]
+
+DRIVER = textwrap.dedent("""
+    import json, runpy, sys, traceback
+    for i, argv in enumerate(json.loads(sys.argv[1])):
+        print(f"=== COMMAND {i} ===", flush=True)
+        sys.argv = ["python -m monai.bundle"] + argv
+        rc = 0
+        try:
+            runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:
+            traceback.print_exc()
+            rc = 1
+        print(f"=== RC {i} {rc} ===", flush=True)
+""")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: thread spinning makes tiny networks slow on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _shape(spec, n):
+    """A metadata ``spatial_shape`` with ``"k*n"`` entries evaluated at ``n``."""
+    return [int(s) if isinstance(s, int) or str(s).isdigit() else int(str(s).split("*")[0]) * n for s in spec]
+
+
+def _case_id(case):
+    bundle, layers = case
+    return "-".join([bundle] + [c[: -len(".json")] for c in layers[1:]])
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    """Run both commands for every case in one driver subprocess; ``{case id: (out dir, rcs, log)}``."""
+    commands, cases = [], {}
+    for bundle, layers in CASES:
+        out = tmp_path_factory.mktemp(_case_id((bundle, layers)))
+        d = bundle_dir(bundle)
+        configs = [str(d / "configs" / c) for c in layers]
+        meta_file = str(d / "configs" / "metadata.json")
+        parser = ConfigParser()
+        parser.read_config(configs)
+        torch.manual_seed(0)
+        torch.save(parser.get_parsed_content("network_def").state_dict(), out / "model.pt")
+        common = ["--meta_file", meta_file, "--config_file", configs[0] if len(configs) == 1 else json.dumps(configs)]
+        cases[_case_id((bundle, layers))] = (out, len(commands))
+        commands += [
+            ["verify_net_in_out", "network_def", *common],
+            ["ckpt_export", "network_def", "--filepath", str(out / "model.ts"), "--ckpt_file", str(out / "model.pt"),
+             *common],
+        ]
+    r = subprocess.run([sys.executable, "-u", "-c", DRIVER, json.dumps(commands)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=600)
+    logs = r.stdout.split("=== COMMAND ")
+    assert r.returncode == 0 and len(logs) == len(commands) + 1, r.stdout[-3000:]
+    results = {}
+    for cid, (out, i) in cases.items():
+        pair = logs[i + 1 : i + 3]
+        rcs = [int(part.rsplit("=== RC ", 1)[1].split()[1]) if "=== RC " in part else None for part in pair]
+        results[cid] = (out, rcs, pair)
+    return results
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_verify_net_in_out_and_torchscript_export(case, checked):
+    bundle, layers = case
+    out, rcs, (verify_log, export_log) = checked[_case_id(case)]
+    assert rcs[0] == 0 and "data shape of network is verified with no error" in verify_log, verify_log[-3000:]
+    assert rcs[1] == 0 and "exported to file" in export_log, export_log[-3000:]
+    d = bundle_dir(bundle)
+    configs = [str(d / "configs" / c) for c in layers]
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.read_meta(str(d / "configs" / "metadata.json"))
+    eager = parser.get_parsed_content("network_def").eval()
+    eager.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+
+    # the TorchScript file loads, carries the bundle's metadata and configs, and equals the eager network
+    extra = {"metadata.json": "", **{c: "" for c in layers}}
+    scripted = torch.jit.load(str(out / "model.ts"), map_location="cpu", _extra_files=extra)
+    meta = json.loads(extra["metadata.json"])
+    assert meta["name"] == bundle and meta["version"] == parser["_meta_"]["version"]
+    assert json.loads(extra[layers[-1]]) == ConfigParser.load_config_file(configs[-1])
+    fmt = parser["_meta_"]["network_data_format"]
+    inp, outp = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    x = torch.rand(1, inp["num_channels"], *_shape(inp["spatial_shape"], n=3))  # 48 x 48, not the CLI's 16 x 16
+    with torch.no_grad():
+        y_ts, y = scripted(x), eager(x)
+    assert isinstance(y_ts, torch.Tensor) and isinstance(y, torch.Tensor)  # one tensor, as MONAI Label expects
+    assert torch.allclose(y_ts, y, atol=1e-5), (y_ts - y).abs().max()
+    assert list(y.shape) == [1, outp["num_channels"], *_shape(outp["spatial_shape"], n=3)]
+    assert str(y.dtype).endswith(outp["dtype"])
