@@ -63,3 +63,14 @@ def verify_metadata():
             assert (bundle_dir(name) / f).is_file(), f"{name}: {f} missing"
 
     return verify
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread: OpenMP spinning makes tiny networks very slow on a shared 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,13 +15,7 @@ from monai_uda.adaptation.mc_dropout import (
 from monai_uda.networks.unet import UDAUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: OpenMP spinning makes tiny nets very slow on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FEAT = (4, 4, 4, 4, 4, 4)

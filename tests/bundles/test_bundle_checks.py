@@ -45,13 +45,7 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: thread spinning makes tiny networks slow on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _shape(spec, n):

@@ -8,13 +8,7 @@ from monai_uda.networks.unet import UDAUNet
 from monai_uda.networks.variance_head import VarianceUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: OpenMP spinning makes tiny nets very slow on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hand_loss(o, v, eps, y_onehot, mask=None):
