@@ -390,8 +390,10 @@ class TopQSelfTraining:
     @property
     def rounds_items(self) -> list[dict]:
         """The images that get pseudo-labels: ``X_c`` ("pseudo") or ``X_t`` ("real")."""
+        # only the image key: translated-source and target items must collate together, and datalist
+        # extras such as a 2D item's "spacing" exist on one kind only.
         src = [{"image": it["image"]} for it in self.translated_items] if self.mode == "pseudo" else []
-        return src + self.target_items
+        return src + [{"image": it["image"]} for it in self.target_items]
 
     def select(self, probs: torch.Tensor, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``q`` per class of round ``round_index`` (Algorithm 1, line 7)."""
