@@ -41,12 +41,11 @@ COLUMNS = [
 
 def plot_shift(df: pd.DataFrame, path: str, title: str = "target-normalised W2 per layer") -> None:
     """Write a PNG bar plot of ``w2_normalized_per_channel`` per layer (forward order), atomically."""
-    import matplotlib
+    # a pyplot-free Figure: no backend switch (Jupyter keeps its inline figures), no global figure list
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(df) + 2), 4.0))
+    fig = Figure(figsize=(max(6.0, 0.35 * len(df) + 2), 4.0))
+    ax = fig.subplots()
     vals = df["w2_normalized_per_channel"].clip(lower=1e-12)
     ax.bar(range(len(df)), vals, color="tab:blue")
     ax.set_yscale("log")
@@ -57,7 +56,6 @@ def plot_shift(df: pd.DataFrame, path: str, title: str = "target-normalised W2 p
     ax.set_title(f"{title}; mean over layers = {df['w2_normalized_per_channel'].mean():.3g}")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
 
 
 def shift_report(

@@ -49,10 +49,8 @@ def past_figure(
         g_features, n_down, n_residual, residual_output: the ``CycleGAN`` generator settings of the checkpoint.
         device: where the generator runs.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a pyplot-free Figure: no backend switch (Jupyter keeps its inline figures), no global figure list
+    from matplotlib.figure import Figure
 
     from monai_uda.adaptation.past import _atomic, load_generator
     from monai_uda.data.uda_data import UDAData
@@ -68,7 +66,8 @@ def past_figure(
     tgt = uda.split("target_training")
     n = min(num_examples, len(src))
     k = 2**n_down
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    fig = Figure(figsize=(7.5, 2.5 * n))
+    axes = fig.subplots(n, 3, squeeze=False)
     for row in range(n):
         s = _middle_slice(torch.as_tensor(tf({"image": src[row * len(src) // n]["image"]})["image"]))
         t = _middle_slice(torch.as_tensor(tf({"image": tgt[row * len(tgt) // n % len(tgt)]["image"]})["image"]))
@@ -84,7 +83,6 @@ def past_figure(
                 ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _atomic(out, lambda tmp: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
     return out
 
 

@@ -54,3 +54,25 @@ def test_combined_table(tmp_path):
                       "seconds": [10, 20]}).to_csv(tmp_path / pair / "results.csv", index=False)
     table = combined_table([str(tmp_path / "A1"), str(tmp_path / "C1")])
     assert "| A1 | source | 2 | 0.500 | 15 |" in table and "| C1 | source | 2 | 0.200 | 15 |" in table
+
+
+def test_plots_write_png_and_leave_the_matplotlib_backend_alone(tmp_path):
+    # Jupyter's inline backend must survive a call (the helpers used to force "Agg")
+    import matplotlib
+    import pandas as pd
+
+    from monai_uda.adaptation.shift_report import plot_shift
+    from monai_uda.benchmarks.runner import plot_results
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        df = pd.DataFrame({"method": ["source", "oracle", "bn"], "dice": [0.2, 0.8, 0.5]})
+        p = plot_results(df, str(tmp_path / "r.png"), title="t")
+        shift = pd.DataFrame({"layer": ["a.adn.N", "b.adn.N"], "w2_normalized_per_channel": [0.1, 2.0]})
+        plot_shift(shift, str(tmp_path / "s.png"))
+        assert matplotlib.get_backend() == "svg"
+        for f in (p, tmp_path / "s.png"):
+            assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)

@@ -119,3 +119,18 @@ def test_verify_net_in_out_and_torchscript_export(case, checked):
     assert torch.allclose(y_ts, y, atol=1e-5), (y_ts - y).abs().max()
     assert list(y.shape) == [1, outp["num_channels"], *_shape(outp["spatial_shape"], n=3)]
     assert str(y.dtype).endswith(outp["dtype"])
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_config_has_the_infer_workflow_properties(bundle):
+    # MONAI's ConfigWorkflow(workflow_type="infer") checks InferProperties (dataset_dir among them);
+    # the bundle's input folder is dataset_dir, and input_dir follows it
+    from monai.bundle import ConfigWorkflow
+
+    d = bundle_dir(bundle) / "configs"
+    wf = ConfigWorkflow(config_file=str(d / "inference.json"), meta_file=str(d / "metadata.json"),
+                        workflow_type="infer", logging_file=False)
+    wf.initialize()
+    assert wf.check_properties() in (None, [])
+    wf.parser["dataset_dir"] = "/data/target"
+    assert wf.parser.get_parsed_content("input_dir") == "/data/target"

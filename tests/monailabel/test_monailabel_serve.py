@@ -16,6 +16,9 @@ trained for one short epoch on the tiny demo pair, then BN re-estimation with ad
   geometry (how the Slicer module reads it) matches the image's, and submits it to the datastore;
 - 20 concurrent requests all succeed with the same segmentation;
 - MONAI Label's stock ``monaibundle`` app loads the bundle too (same labels, its 1 x H x W layout);
+- every other method bundle (early-feature refinement, variance sampling, shallow-to-deep, pixel
+  alignment), adapted by its own configs on the tiny demo pair, is listed by ``/info/`` and served
+  the segmentation its own inference.json writes;
 - a 3D source model served with ``MONAI_UDA_LABEL_OVERRIDES='{"spatial_dims": 3}'`` labels an R-A-S
   and an L-P-S volume on their own grids, equal to the toolkit's output once both are in RAS.
 
@@ -479,3 +482,64 @@ def test_3d_bundle_labels_lie_on_the_image_grid(tmp_path, tiny_demo_3d):
         canon = nib.as_closest_canonical(served[key])
         np.testing.assert_allclose(canon.affine, ref[key]["affine"], atol=1e-5)
         _assert_labels_match(np.asarray(canon.dataobj), ref[key])
+
+
+# every other method bundle: (adaptation steps as (config layers, extra overrides)), the served checkpoint
+_T = {"batch_size": 1, "num_samples": 1, "roi_size": [32, 32]}
+METHOD_BUNDLES = {
+    "early_feature_refinement_segmentation": (
+        [("adapt.json", {**_T, "max_epochs": 2, "epoch_length": 1, "head_max_epochs": 1, "head_epoch_length": 1,
+                         "source_max_epochs": 1, "source_epoch_length": 1})],
+        "models/model.pt"),
+    "variance_sampling_segmentation": (
+        [("adapt.json", {**_T, "max_epochs": 1, "epoch_length": 1, "num_rounds": 1, "source_checkpoint": "SOURCE"})],
+        "models/model.pt"),
+    "shallow2deep_segmentation": (
+        [("prepare_forests.json", {"n_forests": 3, "forest_trees": 3, "samples_per_class": 100,
+                                   "patch_size_range": [24, 64], "workflow_type": None}),
+         ("train_enhancer.json", {**_T, "max_epochs": 1, "epoch_length": 2, "workflow_type": None}),
+         ("adapt.json", {**_T, "max_epochs": 1, "epoch_length": 2, "target_forest_trees": 5, "scribble_images": 1,
+                         "workflow_type": None})],
+        "models/model.pt"),
+    "pixel_alignment_segmentation": (
+        [("train_translation.json", {"translation_epochs": 1, "translation_epoch_length": 2,
+                                     "translation_batch_size": 2, "translation_patch_size": [32, 32], "data_limit": 2}),
+         (["train_translation.json", "translate.json"], {"data_limit": 2}),
+         ("train.json", {**_T, "max_epochs": 1, "epoch_length": 2, "data_limit": 2}),
+         (["train.json", "self_train.json"], {**_T, "max_epochs": 1, "epoch_length": 2, "data_limit": 2})],
+        "models/self_train/model.pt"),
+}
+
+
+@needs_label_env
+@pytest.mark.parametrize("name", list(METHOD_BUNDLES))
+def test_every_method_bundle_serves_its_adapted_model(name, studies, tiny_demo_2d, tmp_path):
+    """Each method bundle, adapted by its own configs on the tiny demo pair, served by MONAI Label:
+    /info lists it as a 2D segmentation model and /infer returns what its own inference.json writes."""
+    from monai_uda.bundle import run_bundle
+    from monai_uda.bundle.source import ensure_source_checkpoint
+
+    steps, ckpt = METHOD_BUNDLES[name]
+    b = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name, b, ignore=shutil.ignore_patterns("models", "eval", "demo_data"))
+    source = None
+    for configs, extra in steps:
+        if extra.get("source_checkpoint") == "SOURCE":
+            source = source or ensure_source_checkpoint(
+                tiny_demo_2d, str(tmp_path / "source"), max_epochs=1, epoch_length=2, batch_size=1,
+                num_samples=1, roi_size=[32, 32], validate_during_training=False)
+            extra = dict(extra, source_checkpoint=source)
+        run_bundle(name, configs, datalist=tiny_demo_2d, bundle_root=str(b), ckpt_dir=str(b / "models"),
+                   output_dir=str(tmp_path / "eval"), **extra)
+    assert (b / ckpt).is_file(), f"{name}: adaptation did not write {ckpt}"
+    ref = _reference(b, {"nifti": studies["nifti"]}, tmp_path / "reference")
+    with _serving(b, studies["dir"], tmp_path / "monailabel") as srv:
+        m = srv["info"]["models"][name]
+        assert list(srv["info"]["models"]) == [name]
+        assert m["type"] == "segmentation" and m["dimension"] == 2 and m["labels"] == {"foreground": 1}
+        status, body, dt = _post(f"{srv['url']}/infer/{name}?image={studies['nifti_id']}&output=image")
+    assert status == 200, body[-2000:]
+    print(f"monailabel: {name} NIfTI inference {dt:.2f} s")
+    served = _read_nifti_bytes(body, tmp_path, "served")
+    np.testing.assert_allclose(served.affine, nib.load(studies["nifti"]).affine, atol=1e-5)
+    _assert_labels_match(np.asarray(served.dataobj)[..., 0], ref["nifti"])
