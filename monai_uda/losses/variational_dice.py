@@ -205,6 +205,8 @@ class VariationalSamplingDiceLoss(_Loss):
             raise ValueError(f"target shape {tuple(target.shape)} does not match input {tuple(input.shape)}.")
         onehot, mask = prepare_target(target, num_classes, self.ignore_index)
         onehot = onehot.to(input.dtype)
+        if mask is not None and bool(mask.all()):
+            mask = None  # nothing ignored: skip a (K, B, C, ...) product and its gradient
         mask = None if mask is None else mask.to(input.dtype)
 
         if variance is None:
@@ -214,12 +216,15 @@ class VariationalSamplingDiceLoss(_Loss):
                 raise ValueError(
                     f"variance shape {tuple(variance.shape)} must equal logits shape {tuple(input.shape)}."
                 )
-            if bool(((variance < 0) | ~torch.isfinite(variance)).any()):
+            with torch.no_grad():  # two reductions, no temporaries: min < 0 or a NaN/inf anywhere
+                lo, hi = torch.aminmax(variance.detach())
+                bad = bool(lo < 0) or not bool(torch.isfinite(lo + hi))
+            if bad:
                 raise ValueError("variance must be finite and non-negative (use VarianceUNet's softplus output).")
             eps = self.sample_noise(input) if noise is None else noise.to(device=input.device, dtype=input.dtype)
             if eps.ndim == input.ndim + 1 and eps.shape[0] != self.num_samples:
                 raise ValueError(f"noise has {eps.shape[0]} samples, expected num_samples={self.num_samples}.")
-            samples = input.unsqueeze(0) + eps * variance.unsqueeze(0)  # Eq. 1, (K, B, C, ...)
+            samples = torch.addcmul(input.unsqueeze(0), eps, variance.unsqueeze(0))  # Eq. 1, (K, B, C, ...)
         probs = torch.softmax(samples, dim=2)
         if not self.include_background:
             probs, onehot = probs[:, :, 1:], onehot[:, 1:]

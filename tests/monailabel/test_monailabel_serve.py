@@ -533,6 +533,7 @@ def test_every_method_bundle_serves_its_adapted_model(name, studies, tiny_demo_2
                    output_dir=str(tmp_path / "eval"), **extra)
     assert (b / ckpt).is_file(), f"{name}: adaptation did not write {ckpt}"
     ref = _reference(b, {"nifti": studies["nifti"]}, tmp_path / "reference")
+    (tmp_path / "monailabel").mkdir()
     with _serving(b, studies["dir"], tmp_path / "monailabel") as srv:
         m = srv["info"]["models"][name]
         assert list(srv["info"]["models"]) == [name]
