@@ -467,16 +467,21 @@ class TopQSelfTraining:
 
 
 class _TargetReference:
-    """Array transform of a loaded target reference: RAS orientation (3D) and the pipeline's z-score."""
+    """Array transform of a loaded target reference as the pipeline treats target images: channels matched
+    to the network's (e.g. an RGB target of a grey source turned grey), RAS orientation (3D), z-score."""
 
-    def __init__(self, spatial_dims: int) -> None:
+    def __init__(self, spatial_dims: int, channels: int = 1) -> None:
         from monai.transforms import NormalizeIntensity, Orientation
 
+        from monai_uda.transforms.match_channels import MatchChannels
+
         self.spatial_dims = spatial_dims
+        self.match = MatchChannels(channels)
         self.orient = Orientation(axcodes="RAS") if spatial_dims == 3 else None
         self.norm = NormalizeIntensity(nonzero=spatial_dims == 3, channel_wise=True)
 
     def __call__(self, img: Any) -> Any:
+        img = self.match(img)
         if self.orient is not None:
             img = self.orient(img)
         return self.norm(img)
@@ -505,7 +510,7 @@ def aligned_training_transforms(
     from monai_uda.transforms.pipelines import segmentation_transforms
 
     refs = [it["image"] for it in uda.split("target_training", limit=data_limit)]
-    ref_tf = _TargetReference(uda.spatial_dims)
+    ref_tf = _TargetReference(uda.spatial_dims, uda.in_channels)
     if alignment == "fda":
         align = RandFourierDomainAdaptationd(keys="image", targets=refs, beta=beta, prob=prob, target_transform=ref_tf)
     elif alignment == "histmatch":

@@ -43,3 +43,31 @@ def test_fda_histmatch_run_through_runner(tmp_path, tiny_demo_2d, monkeypatch):
     csv = pd.read_csv(tmp_path / "results.csv")
     assert list(csv.method) == ["fda", "histmatch"]
     assert ((csv.dice >= 0) & (csv.dice <= 1)).all() and (csv.adapt_seconds > 0).all()
+
+
+def test_aligned_transforms_grey_source_rgb_target(tmp_path):
+    # C1-like pair: grey fluorescence source, RGB brightfield target; the references must be turned grey first
+    import json
+
+    from PIL import Image
+
+    from monai_uda.adaptation.past import aligned_training_transforms
+    from monai_uda.data import UDAData
+
+    rng = np.random.default_rng(0)
+    def png(name, arr):
+        Image.fromarray(arr).save(tmp_path / name)
+        return str(tmp_path / name)
+    lab = np.zeros((32, 32), np.uint8)
+    lab[8:20, 8:20] = 1
+    src = {"image": png("s.png", rng.integers(0, 255, (32, 32), dtype=np.uint8)), "label": png("sl.png", lab)}
+    tgt = png("t.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    dl = {"name": "rgb", "spatial_dims": 2, "in_channels": 1, "labels": {"0": "background", "1": "fg"},
+          "source_training": [src], "source_validation": [src], "target_training": [{"image": tgt}],
+          "target_test": [{"image": tgt, "label": png("tl.png", lab)}]}
+    (tmp_path / "dl.json").write_text(json.dumps(dl))
+    uda = UDAData(str(tmp_path / "dl.json"), deep=False)
+    for alignment in ("fda", "histmatch"):
+        out = aligned_training_transforms(alignment, uda, roi_size=[16, 16], num_samples=1)(dict(src))
+        x = out[0]["image"]
+        assert x.shape == (1, 16, 16) and torch.isfinite(torch.as_tensor(x)).all()
