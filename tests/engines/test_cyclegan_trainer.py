@@ -17,14 +17,6 @@ from monai_uda.losses.cyclegan import CycleGANLoss
 from monai_uda.networks.cyclegan import CycleGAN
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _setup(n_src=4, pool_size=2):
     torch.manual_seed(0)
     m = CycleGAN(g_features=4, n_residual=1, d_channels=4, d_layers=2)
