@@ -54,7 +54,7 @@ from monai_uda.networks.variance_head import VarianceUNet
 from monai_uda.transforms.pipelines import segmentation_transforms
 from monai_uda.utils import atomic_write_text
 
-__all__ = ["PseudoLabelAdaptation", "ensure_source_checkpoint", "split_epochs", "ADAPT_METHODS", "ROUND_INITS"]
+__all__ = ["PseudoLabelAdaptation", "resolve_source_checkpoint", "split_epochs", "ADAPT_METHODS", "ROUND_INITS"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,12 @@ def _atomic_json(obj: Any, path: str) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
-def ensure_source_checkpoint(checkpoint: str | None, out_dir: str, **overrides: Any) -> str:
+def resolve_source_checkpoint(checkpoint: str | None, out_dir: str, **overrides: Any) -> str:
     """The source model to adapt: ``checkpoint`` if given, else one trained by the ``source_segmentation`` bundle.
 
     The trained model is cached in ``out_dir/model.pt`` with the overrides it was trained with; it is
-    reused while they are unchanged and retrained otherwise.
+    reused while they are unchanged and retrained otherwise. (``monai_uda.bundle.ensure_source_checkpoint``,
+    used by the BN bundle, instead trains once at the short demo budget and never retrains.)
 
     Args:
         checkpoint: path of a ``UDAUNet`` state dict (the source bundle's ``models/model.pt``), or None.

@@ -3,8 +3,9 @@
 - ``early``: Sheikh & Schultz (MIDL 2022). Stage 2 trains the early segmentation head on source labels
   with the base frozen (``train_head.json``, the budget's epochs); stage 3 refines the early layers on
   ``target_training`` with Eq. 2 and stops by the agreement rule (``adapt.json``; the budget's
-  ``max_epochs`` is the cap). Extra numbers: ``epochs`` (epochs to convergence), ``converged``,
-  ``head_seconds``, ``adapt_seconds``.
+  ``max_epochs`` is the cap; the divergence guard restores the epoch of the best agreement when the
+  agreement falls). Extra numbers: ``epochs`` (epochs to convergence), ``converged``, ``diverged``,
+  ``restored_epoch`` (0 = the weights before refinement were kept), ``head_seconds``, ``adapt_seconds``.
 - ``st`` / ``cbst``: Zou et al. (ECCV 2018) self-training and class-balanced self-training, the
   paper's baselines. :class:`~monai_uda.handlers.pseudo_label_rounds.PseudoLabelRounds` labels the
   target with the current model, keeps the confident pixels with
@@ -61,6 +62,8 @@ def early_features(ctx: MethodContext) -> MethodOutput:
         extra={
             "epochs": summary["epochs_to_convergence"],
             "converged": summary["agreement_converged"],
+            "diverged": summary.get("agreement_diverged", False),
+            "restored_epoch": summary.get("restored_epoch"),
             "head_seconds": round(t1 - t0, 1),
             "adapt_seconds": round(t2 - t1, 1),
         },

@@ -132,6 +132,8 @@ def create_early_refinement_trainer(
     include_lower: bool = True,
     image_key: str = Keys.IMAGE,
     train_handlers: Sequence | None = None,
+    restore_on_divergence: bool = True,
+    divergence_delta: float = 0.02,
     **trainer_kwargs: Any,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` that refines the early layers of ``segmentor`` on unlabelled target data.
@@ -150,6 +152,11 @@ def create_early_refinement_trainer(
         include_lower: refine every stage up to the deepest head (see ``early_module_names``).
         image_key: image key of dict batches.
         train_handlers: extra handlers (the stop handler is added last).
+        restore_on_divergence: the divergence guard of
+            :class:`~monai_uda.handlers.agreement_early_stop.AgreementEarlyStop` (on by default): the
+            agreement before refinement is measured too, and when it later falls more than
+            ``divergence_delta`` below its best, the best epoch's weights are restored and refinement stops.
+        divergence_delta: see ``restore_on_divergence``.
         trainer_kwargs: passed to ``SupervisedTrainer`` (e.g. ``inferer``, ``epoch_length``).
 
     Returns:
@@ -167,6 +174,9 @@ def create_early_refinement_trainer(
         min_delta=min_delta,
         inferer=agreement_inferer,
         image_key=image_key,
+        compare_with_initial=restore_on_divergence,
+        restore_on_divergence=restore_on_divergence,
+        divergence_delta=divergence_delta,
     )
     handlers = list(train_handlers or []) + [stop]
     return SupervisedTrainer(
@@ -245,6 +255,8 @@ class OneShotRefinementInferer(Inferer):
         detach_pseudo_label, reestimate_bn: see :mod:`monai_uda.adaptation.early_refinement`.
         sw_batch_size, overlap: sliding-window settings (``roi_size`` only).
         progress: show a progress bar over the items.
+        restore_on_divergence, divergence_delta: the divergence guard (see
+            :func:`create_early_refinement_trainer`).
 
     Attributes:
         history: one dict per refined item: ``epochs_to_convergence``, ``agreement_converged``,
@@ -264,6 +276,8 @@ class OneShotRefinementInferer(Inferer):
         sw_batch_size: int = 4,
         overlap: float = 0.25,
         progress: bool = True,
+        restore_on_divergence: bool = True,
+        divergence_delta: float = 0.02,
     ):
         super().__init__()
         if num_samples < 1:
@@ -284,6 +298,8 @@ class OneShotRefinementInferer(Inferer):
             else SlidingWindowInferer(self.roi_size, sw_batch_size=sw_batch_size, overlap=overlap)
         )
         self.progress = progress
+        self.restore_on_divergence = bool(restore_on_divergence)
+        self.divergence_delta = float(divergence_delta)
         self.history: list[dict[str, Any]] = []
 
     def _train_loader(self, x: torch.Tensor) -> Iterable:
@@ -312,6 +328,8 @@ class OneShotRefinementInferer(Inferer):
                 min_delta=self.min_delta,
                 agreement_loader=[x_plain],
                 agreement_inferer=self.window,
+                restore_on_divergence=self.restore_on_divergence,
+                divergence_delta=self.divergence_delta,
             )
             trainer.run()
         info = refinement_summary(trainer)
@@ -342,6 +360,8 @@ def refinement_summary(trainer: SupervisedTrainer) -> dict[str, Any]:
     return {
         "epochs_to_convergence": int(epochs if epochs is not None else state.epoch),
         "agreement_converged": bool(getattr(state, "agreement_converged", False)),
+        "agreement_diverged": bool(getattr(state, "agreement_diverged", False)),
+        "restored_epoch": getattr(state, "restored_epoch", None),
         "agreement_history": [float(v) for v in getattr(state, "agreement_history", [])],
         "iterations": int(state.iteration),
     }

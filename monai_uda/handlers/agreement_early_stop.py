@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import logging
+
 import torch
 from ignite.engine import Engine, Events
 from monai.inferers import Inferer, SimpleInferer
@@ -15,6 +17,8 @@ from monai.inferers import Inferer, SimpleInferer
 from monai_uda.adaptation.early_refinement import agreement_dice, split_outputs
 
 __all__ = ["AgreementEarlyStop"]
+
+logger = logging.getLogger(__name__)
 
 
 class AgreementEarlyStop:
@@ -35,7 +39,19 @@ class AgreementEarlyStop:
     - ``agreement_history``: ``[d_0?, d_1, d_2, ...]`` (``d_0`` only with ``compare_with_initial``);
     - ``epochs_to_convergence``: the epoch at which training stopped (set at the end of the run in any
       case, so a run that reached its maximum records the number of epochs run);
-    - ``agreement_converged``: whether the ``min_delta`` criterion fired.
+    - ``agreement_converged``: whether the ``min_delta`` criterion fired;
+    - ``agreement_diverged`` / ``restored_epoch``: see ``restore_on_divergence``.
+
+    Divergence guard (``restore_on_divergence``, off by default; the engine factory and the bundle turn it
+    on): Eq. 2 trains the early head towards the final prediction, so the agreement should rise. On a
+    target where the early head starts weak, refining the shared early layers can instead drag the final
+    prediction with it: on the real pairs B2 and D1 the agreement *fell* in the first epochs while the
+    segmentation drifted to almost all background (B2) or spread over the image (D1). With the guard, the
+    handler keeps a copy of the network's state (parameters and BatchNorm buffers, on the CPU) from the
+    epoch of the highest agreement so far (epoch 0 = before refinement with ``compare_with_initial``),
+    and when the agreement drops more than ``divergence_delta`` below that best it restores that state,
+    warns, and stops. The guard reads no label: it uses only the agreement that the stopping rule
+    already computes.
 
     Args:
         data_loader: target data (unlabelled; labels, if present, are never read).
@@ -52,6 +68,8 @@ class AgreementEarlyStop:
             the agreement is the mean over the images of *all* ranks (per-rank sums and counts are
             all-reduced), so that every rank takes the same stopping decision (otherwise a rank that stops
             early leaves the others waiting in DDP's gradient all-reduce). Every rank must run the handler.
+        restore_on_divergence: turn the divergence guard on (see above).
+        divergence_delta: how far below the best agreement so far counts as diverging.
     """
 
     def __init__(
@@ -66,11 +84,15 @@ class AgreementEarlyStop:
         compare_with_initial: bool = False,
         network: torch.nn.Module | None = None,
         distributed: bool = False,
+        restore_on_divergence: bool = False,
+        divergence_delta: float = 0.02,
     ):
         if min_delta < 0:
             raise ValueError(f"`min_delta` must be >= 0, got {min_delta}.")
         if max_epochs is not None and max_epochs < 1:
             raise ValueError(f"`max_epochs` must be >= 1, got {max_epochs}.")
+        if divergence_delta < 0:
+            raise ValueError(f"`divergence_delta` must be >= 0, got {divergence_delta}.")
         if compare_with_initial and data_loader is None:
             raise ValueError("`compare_with_initial` needs `data_loader` (no metric exists before the first epoch).")
         self.data_loader = data_loader
@@ -83,6 +105,9 @@ class AgreementEarlyStop:
         self.compare_with_initial = compare_with_initial
         self.network = network
         self.distributed = bool(distributed)
+        self.restore_on_divergence = bool(restore_on_divergence)
+        self.divergence_delta = float(divergence_delta)
+        self._best: tuple[float, int, dict] | None = None
 
     def attach(self, engine: Engine) -> None:
         """Register the handler on ``engine`` (STARTED, EPOCH_COMPLETED, COMPLETED)."""
@@ -94,12 +119,49 @@ class AgreementEarlyStop:
         engine.state.agreement_history = []
         engine.state.agreement_converged = False
         engine.state.epochs_to_convergence = None
+        engine.state.agreement_diverged = False
+        engine.state.restored_epoch = None
+        self._best = None
         if self.compare_with_initial:
-            engine.state.agreement_history.append(self.compute_agreement(engine))
+            value = self.compute_agreement(engine)
+            engine.state.agreement_history.append(value)
+            self._keep_if_best(engine, value, 0)
 
     def _completed(self, engine: Engine) -> None:
         if engine.state.epochs_to_convergence is None:
             engine.state.epochs_to_convergence = engine.state.epoch
+
+    def _model(self, engine: Engine) -> torch.nn.Module:
+        net = self.network if self.network is not None else getattr(engine, "network", None)
+        if net is None:
+            raise ValueError("AgreementEarlyStop: no `network` given and the engine has no `network`.")
+        if isinstance(net, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            net = net.module  # the local replica
+        return net
+
+    def _keep_if_best(self, engine: Engine, value: float, epoch: int) -> None:
+        """Remember the network's state when ``value`` is the best agreement so far (guard on only)."""
+        if not self.restore_on_divergence or (self._best is not None and value <= self._best[0]):
+            return
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self._model(engine).state_dict().items()}
+        self._best = (value, epoch, state)
+
+    def _diverged(self, engine: Engine, value: float) -> bool:
+        """Restore the best state and stop when ``value`` fell more than ``divergence_delta`` below the best."""
+        if not self.restore_on_divergence or self._best is None or value >= self._best[0] - self.divergence_delta:
+            return False
+        best_value, best_epoch, state = self._best
+        self._model(engine).load_state_dict(state)
+        engine.state.agreement_diverged = True
+        engine.state.restored_epoch = best_epoch
+        engine.state.epochs_to_convergence = engine.state.epoch
+        logger.warning(
+            "early-feature refinement diverged: the early/final agreement fell from %.4f (epoch %d) to %.4f "
+            "(epoch %d); restored the weights of epoch %d and stopped.",
+            best_value, best_epoch, value, engine.state.epoch, best_epoch,
+        )
+        engine.terminate()
+        return True
 
     def _image(self, batch) -> torch.Tensor:
         if isinstance(batch, torch.Tensor):
@@ -112,11 +174,7 @@ class AgreementEarlyStop:
 
     def compute_agreement(self, engine: Engine) -> float:
         """Mean early/final Dice agreement over ``data_loader`` (eval mode; training flags restored)."""
-        net = self.network if self.network is not None else getattr(engine, "network", None)
-        if net is None:
-            raise ValueError("AgreementEarlyStop: no `network` given and the engine has no `network`.")
-        if isinstance(net, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            net = net.module  # evaluate the local replica: no DDP buffer broadcast (a collective) per rank
+        net = self._model(engine)  # the local replica: no DDP buffer broadcast (a collective) per rank
         device = getattr(engine.state, "device", None)
         flags = {m: m.training for m in net.modules()}
         net.eval()
@@ -165,6 +223,9 @@ class AgreementEarlyStop:
         history = engine.state.agreement_history
         history.append(value)
         epoch = engine.state.epoch
+        if self._diverged(engine, value):
+            return
+        self._keep_if_best(engine, value, epoch)
         if len(history) >= 2 and abs(history[-1] - history[-2]) < self.min_delta:
             engine.state.agreement_converged = True
             engine.state.epochs_to_convergence = epoch

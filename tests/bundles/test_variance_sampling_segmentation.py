@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_uda.adaptation.buda_rounds import ensure_source_checkpoint, split_epochs
+from monai_uda.adaptation.buda_rounds import resolve_source_checkpoint, split_epochs
 from monai_uda.bundle import bundle_dir, run_bundle
 from monai_uda.networks.unet import UDAUNet
 
@@ -25,7 +25,7 @@ TINY = {"max_epochs": 2, "epoch_length": 1, "batch_size": 1, "num_samples": 1, "
 def source_2d(tmp_path_factory, tiny_demo_2d):
     """A tiny source model trained once by the source bundle (shared by the tests of this module)."""
     out = tmp_path_factory.mktemp("source2d")
-    return ensure_source_checkpoint(None, str(out), datalist=tiny_demo_2d, max_epochs=1, epoch_length=2, batch_size=1,
+    return resolve_source_checkpoint(None, str(out), datalist=tiny_demo_2d, max_epochs=1, epoch_length=2, batch_size=1,
                                     num_samples=1, roi_size=[32, 32], validate_during_training=False)
 
 
@@ -112,7 +112,7 @@ def test_selftrain_fresh_rounds_and_collapse_warning(tmp_path, tiny_demo_2d, sou
 
 
 def test_adapt_3d_labels_in_image_space(tmp_path, tiny_demo_3d):
-    src = ensure_source_checkpoint(None, str(tmp_path / "src"), datalist=tiny_demo_3d, spatial_dims=3, max_epochs=1,
+    src = resolve_source_checkpoint(None, str(tmp_path / "src"), datalist=tiny_demo_3d, spatial_dims=3, max_epochs=1,
                                    epoch_length=1, batch_size=1, num_samples=1, roi_size=[32, 32, 32],
                                    validate_during_training=False)
     run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_3d, src, spatial_dims=3, roi_size=[32, 32, 32],

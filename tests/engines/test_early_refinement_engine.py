@@ -38,7 +38,7 @@ def test_one_shot_inferer_refines_copies_only(dims, roi):
     assert len(inferer.history) == n
     for h in inferer.history:
         assert 1 <= h["epochs_to_convergence"] <= 2
-        assert len(h["agreement_history"]) == h["epochs_to_convergence"]
+        assert len(h["agreement_history"]) == h["epochs_to_convergence"] + 1  # d_0 (before refinement) first
     # the prediction is that of a refined model, not of the original one
     with torch.no_grad():
         seg.inference = True

@@ -87,3 +87,73 @@ def test_computes_agreement_on_loader_and_restores_flags():
     assert seg.training and all(m.training for m in seg.modules())
     with pytest.raises(ValueError, match="compare_with_initial"):
         AgreementEarlyStop(compare_with_initial=True)
+
+
+def _guarded_run(values, **kw):
+    """Metric sequence ``values`` with a network whose weight is set to the epoch number after each epoch."""
+    net = torch.nn.Linear(1, 1)
+    engine = Engine(lambda e, b: None)
+    engine.network = net
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _step(e):
+        with torch.no_grad():
+            net.weight.fill_(float(e.state.epoch))
+        e.state.metrics["agreement"] = values[e.state.epoch - 1]
+
+    AgreementEarlyStop(restore_on_divergence=True, **kw).attach(engine)
+    engine.run([0], max_epochs=len(values))
+    return engine.state, net
+
+
+def test_divergence_restores_best_epoch_and_stops():
+    # best 0.7 at epoch 2; epoch 3 drops 0.05 (> 0.02) below it -> restore epoch 2's weights, stop at 3
+    state, net = _guarded_run([0.6, 0.7, 0.65, 0.9])
+    assert state.epoch == 3 and state.agreement_diverged and state.restored_epoch == 2
+    assert not state.agreement_converged and state.epochs_to_convergence == 3
+    assert float(net.weight) == 2.0
+    assert state.agreement_history == [0.6, 0.7, 0.65]
+
+
+def test_divergence_tolerates_small_drops_and_is_off_by_default():
+    # drops of 0.01 < divergence_delta: no restore; the min_delta rule never fires (changes >= 0.01)
+    state, net = _guarded_run([0.6, 0.7, 0.69, 0.70], min_delta=0.005)
+    assert not state.agreement_diverged and state.restored_epoch is None and float(net.weight) == 4.0
+    state, net = _guarded_run([0.6, 0.7, 0.65, 0.9], divergence_delta=0.1)
+    assert not state.agreement_diverged and float(net.weight) == 4.0
+    # without the guard the same fall is just a change: training goes on
+    state = _run([0.6, 0.7, 0.65, 0.9], max_epochs=4)
+    assert state.epoch == 4 and not state.agreement_diverged
+
+
+def test_divergence_against_the_initial_agreement_restores_the_untouched_network():
+    torch.manual_seed(0)
+    seg = EarlyFeaturesSegmentor(UDAUNet(spatial_dims=2, features=(4, 4, 8, 8, 8, 4)), hidden_channels=4)
+    before = {k: v.clone() for k, v in seg.state_dict().items()}
+    loader = [torch.rand(2, 1, 16, 16)]
+    engine = Engine(lambda e, b: None)
+    engine.network = seg
+    handler = AgreementEarlyStop(data_loader=loader, compare_with_initial=True, restore_on_divergence=True)
+    handler.attach(engine)
+    values = iter([0.8, 0.5])  # d_0 = 0.8 before refinement, d_1 = 0.5 after epoch 1
+
+    def fake_agreement(eng):
+        return next(values)
+
+    handler.compute_agreement = fake_agreement
+
+    @engine.on(Events.EPOCH_STARTED)
+    def _perturb(e):  # "refinement" changes every weight and BatchNorm buffer
+        with torch.no_grad():
+            for v in seg.state_dict().values():
+                if v.is_floating_point():
+                    v.add_(1.0)
+
+    engine.run([0], max_epochs=3)
+    assert engine.state.agreement_diverged and engine.state.restored_epoch == 0 and engine.state.epoch == 1
+    assert all(torch.equal(v, before[k]) for k, v in seg.state_dict().items())
+
+
+def test_bad_divergence_delta():
+    with pytest.raises(ValueError, match="divergence_delta"):
+        AgreementEarlyStop(divergence_delta=-1)
