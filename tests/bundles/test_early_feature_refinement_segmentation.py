@@ -31,7 +31,8 @@ def _load(path):
 def test_chain_2d_head_adapt_evaluate_oneshot_infer(tmp_path, tiny_demo_2d):
     models = tmp_path / "models"
     # no checkpoint at all: adapt.json runs train_head.json, which trains a quick source model first
-    wf = run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d))
+    # (the paper's stopping rule alone here; the divergence guard is checked below)
+    wf = run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d, restore_on_divergence=False))
     for name in ("source/model.pt", "head_model.pt", "model.pt", "refinement_summary.json"):
         assert (models / name).is_file(), name
     assert not glob.glob(str(models / "**" / ".tmp*"), recursive=True), "temp files left behind"
@@ -52,6 +53,24 @@ def test_chain_2d_head_adapt_evaluate_oneshot_infer(tmp_path, tiny_demo_2d):
     assert summary["epochs_to_convergence"] == trainer.state.epoch <= 2
     assert len(summary["agreement_history"]) == trainer.state.epoch
     assert all(0.0 <= v <= 1.0 for v in summary["agreement_history"])
+    assert not summary["agreement_diverged"] and summary["restored_epoch"] is None
+
+    # the default divergence guard: d_0 is measured first; a restore puts back exactly that epoch's weights
+    guard_dir = tmp_path / "guard"
+    gw = run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d, ckpt_dir=str(guard_dir),
+                                                head_checkpoint=str(models / "head_model.pt"), max_epochs=3))
+    g = json.loads((guard_dir / "refinement_summary.json").read_text())
+    gstate = gw.parser.get_parsed_content("adapt#trainer").state
+    assert len(g["agreement_history"]) == gstate.epoch + 1 and g["epochs_to_convergence"] == gstate.epoch
+    hist = g["agreement_history"]
+    if g["agreement_diverged"]:
+        best = max(range(len(hist) - 1), key=lambda i: hist[i])
+        assert g["restored_epoch"] == best and hist[-1] < hist[best] - 0.02
+        if best == 0:
+            assert all(torch.equal(v, before[k]) for k, v in _load(guard_dir / "model.pt").items())
+    else:
+        assert g["restored_epoch"] is None
+        assert all(v >= max(hist[: i + 1]) - 0.02 for i, v in enumerate(hist))  # never fell below best - delta
 
     # evaluate.json: the fixed adapted model on the target test set, Dice and surface Dice (mm)
     ev = run_bundle(BUNDLE, ["adapt.json", "evaluate.json"], **_ov(tmp_path, tiny_demo_2d))
@@ -108,7 +127,7 @@ def test_adapt_3d_tiny(tmp_path, tiny_demo_3d):
     adapted = _load(tmp_path / "models" / "model.pt")
     UDAUNet(spatial_dims=3, in_channels=1, out_channels=2).load_state_dict(adapted)
     summary = json.loads((tmp_path / "models" / "refinement_summary.json").read_text())
-    assert summary["epochs_to_convergence"] == 1 and len(summary["agreement_history"]) == 1
+    assert summary["epochs_to_convergence"] == 1 and len(summary["agreement_history"]) == 2  # d_0, d_1
 
 
 def test_metadata_and_files():
