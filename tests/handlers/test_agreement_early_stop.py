@@ -111,16 +111,16 @@ def test_divergence_restores_best_epoch_and_stops():
     state, net = _guarded_run([0.6, 0.7, 0.65, 0.9])
     assert state.epoch == 3 and state.agreement_diverged and state.restored_epoch == 2
     assert not state.agreement_converged and state.epochs_to_convergence == 3
-    assert float(net.weight) == 2.0
+    assert float(net.weight.detach()) == 2.0
     assert state.agreement_history == [0.6, 0.7, 0.65]
 
 
 def test_divergence_tolerates_small_drops_and_is_off_by_default():
     # drops of 0.01 < divergence_delta: no restore; the min_delta rule never fires (changes >= 0.01)
     state, net = _guarded_run([0.6, 0.7, 0.69, 0.70], min_delta=0.005)
-    assert not state.agreement_diverged and state.restored_epoch is None and float(net.weight) == 4.0
+    assert not state.agreement_diverged and state.restored_epoch is None and float(net.weight.detach()) == 4.0
     state, net = _guarded_run([0.6, 0.7, 0.65, 0.9], divergence_delta=0.1)
-    assert not state.agreement_diverged and float(net.weight) == 4.0
+    assert not state.agreement_diverged and float(net.weight.detach()) == 4.0
     # without the guard the same fall is just a change: training goes on
     state = _run([0.6, 0.7, 0.65, 0.9], max_epochs=4)
     assert state.epoch == 4 and not state.agreement_diverged
