@@ -23,13 +23,10 @@ ORDER = ["source", "oracle", "bn", "early", "st", "cbst", "buda", "selftrain", "
 RERUNS = {"early": "early_guard"}
 
 
-def load(root: Path) -> pd.DataFrame:
-    frames = [pd.read_csv(root / p / "results.csv") for p in PAIRS if (root / p / "results.csv").is_file()]
-    return pd.concat(frames, ignore_index=True)
-
-
-def load_rerun(root: Path, sub: str) -> pd.DataFrame | None:
-    frames = [pd.read_csv(root / p / sub / "results.csv") for p in PAIRS if (root / p / sub / "results.csv").is_file()]
+def load(root: Path, sub: str = "") -> pd.DataFrame | None:
+    """Every pair's ``<root>/<pair>/<sub>/results.csv`` in one table (None if there is none)."""
+    files = [root / p / sub / "results.csv" for p in PAIRS]
+    frames = [pd.read_csv(f) for f in files if f.is_file()]
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -37,7 +34,7 @@ def with_reruns(df: pd.DataFrame, root: Path) -> tuple[pd.DataFrame, dict[str, p
     """Replace each rerun method's rows by those of its rerun; returns the table and the reruns."""
     reruns = {}
     for method, sub in RERUNS.items():
-        rr = load_rerun(root, sub)
+        rr = load(root, sub)
         if rr is None:
             continue
         reruns[method] = rr

@@ -94,11 +94,18 @@ def _make_step(variant: str, size: int, batch: int, device, classes: int, sample
     return step
 
 
-def _sync(dev) -> None:
+def _timed(step, dev) -> float:
+    """Seconds of one call of ``step`` (the device synchronised before and after)."""
     import torch
 
-    if dev.type == "cuda":
+    cuda = dev.type == "cuda"
+    if cuda:
         torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    step()
+    if cuda:
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t0
 
 
 def run_variant(variant: str, size: int, batch: int, steps: int, warmup: int, device: str, classes: int,
@@ -114,7 +121,7 @@ def run_variant(variant: str, size: int, batch: int, steps: int, warmup: int, de
 
     # memory baseline: after model/optimiser/data creation, before the first step
     if cuda:
-        _sync(dev)
+        torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
         mem_method = "cuda max_memory_allocated"
@@ -122,14 +129,7 @@ def run_variant(variant: str, size: int, batch: int, steps: int, warmup: int, de
         reset = _reset_peak_rss()
         base_kb = _proc_status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         mem_method = "VmHWM-VmRSS" if reset else "ru_maxrss delta"
-    times = []
-    for i in range(warmup + steps):
-        _sync(dev)
-        t0 = time.perf_counter()
-        step()
-        _sync(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    times = [_timed(step, dev) for _ in range(warmup + steps)][warmup:]
     if cuda:
         peak = torch.cuda.max_memory_allocated(dev) - base
     elif mem_method == "VmHWM-VmRSS":
@@ -157,12 +157,9 @@ def run_interleaved(size: int, batch: int, steps: int, warmup: int, device: str,
     for r in range(warmup + steps):
         order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
         for v in order:
-            _sync(dev)
-            t0 = time.perf_counter()
-            steps_fns[v]()
-            _sync(dev)
+            seconds = _timed(steps_fns[v], dev)
             if r >= warmup:
-                times[v].append(time.perf_counter() - t0)
+                times[v].append(seconds)
     return {v: statistics.median(t) for v, t in times.items()}
 
 

@@ -6,9 +6,8 @@ when the absolute difference between the Dice in the current and the previous ep
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import logging
+from collections.abc import Callable, Iterable
 
 import torch
 from ignite.engine import Engine, Events
