@@ -92,9 +92,33 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     else:
         raise SystemExit("benchmark needs --pair (with --data-root) or --datalist")
     df = run_benchmark(dl, _methods(a.methods), a.out, mode="quick" if a.quick else "full", seeds=a.seeds,
-                       device=a.device, amp=a.amp, resume=a.resume)
+                       device=a.device, amp=a.amp, resume=a.resume, overrides=_overrides(a.override))
     _print_summary(df, a.out)
     return 0
+
+
+def _override_item(item: str) -> tuple[str, str, object]:
+    """``"bn:mode=ema"`` -> ``("bn", "mode", "ema")``; a value is read as JSON when it parses (numbers,
+    true/false/null, lists), else kept as a string."""
+    import json
+
+    method, sep, rest = item.partition(":")
+    key, eq, value = rest.partition("=")
+    if not (sep and eq and method.strip() and key.strip()):
+        raise argparse.ArgumentTypeError(f"{item!r}: expected METHOD:KEY=VALUE, e.g. bn:mode=ema")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return method.strip(), key.strip(), parsed
+
+
+def _overrides(items: Sequence[tuple[str, str, object]]) -> dict[str, dict]:
+    """``--override`` items as ``{method: {key: value}}``."""
+    out: dict[str, dict] = {}
+    for method, key, value in items or []:
+        out.setdefault(method, {})[key] = value
+    return out
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -108,7 +132,7 @@ def cmd_shift(a: argparse.Namespace) -> int:
     import torch
     from monai.data import DataLoader, Dataset
 
-    from monai_uda.adaptation.shift_report import format_table, shift_report
+    from monai_uda.methods.bn_reestimation.shift_report import format_table, shift_report
     from monai_uda.data.image_sets import image_items
     from monai_uda.networks import UDAUNet
     from monai_uda.transforms import segmentation_transforms
@@ -168,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     b.add_argument("--resume", action="store_true",
                    help="keep finished (method, seed) results and the trained source model in --out")
+    b.add_argument("--override", action="append", default=[], metavar="METHOD:KEY=VALUE", type=_override_item,
+                   help="override a config item of a method's bundle runs (repeatable), e.g. bn:mode=ema")
     b.set_defaults(fn=cmd_benchmark)
 
     r = sub.add_parser("report", help="one markdown table from several benchmark output folders")

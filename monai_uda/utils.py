@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["IGNORE_INDEX", "atomic_write", "atomic_write_text", "atomic_json", "atomic_torch_save"]
+
+#: label value of unlabelled / ignored pixels in pseudo-labels (every loss and pseudo-labeller uses this one)
+IGNORE_INDEX = 255
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
@@ -28,6 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give the result the user's normal mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -44,3 +49,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
             f.write(text)
 
     return atomic_write(path, write)
+
+
+def atomic_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> str:
+    """:func:`atomic_write` of ``obj`` as JSON (``default=str`` for paths and numpy scalars)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=str))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
+    """:func:`atomic_write` of ``torch.save(obj)`` (a state dict, a checkpoint dict)."""
+    import torch
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

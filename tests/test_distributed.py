@@ -74,13 +74,13 @@ class _Probs:
 
 
 def _load_rounds_module():
-    """``monai_uda.handlers.pseudo_label_rounds`` without ``monai_uda.handlers/__init__`` (which imports MONAI:
+    """``monai_uda.engines.self_training`` without ``monai_uda.handlers/__init__`` (which imports MONAI:
     ~15 s per worker on a loaded 2-core machine, for nothing this module needs)."""
     import importlib.util
 
     import monai_uda
 
-    path = os.path.join(os.path.dirname(monai_uda.__file__), "handlers", "pseudo_label_rounds.py")
+    path = os.path.join(os.path.dirname(monai_uda.__file__), "engines", "self_training.py")
     spec = importlib.util.spec_from_file_location("_pseudo_label_rounds", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

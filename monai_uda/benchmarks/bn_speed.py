@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from monai_uda.adaptation.bn_reestimation import reestimate_bn
+from monai_uda.methods.bn_reestimation.reestimation import reestimate_bn
 from monai_uda.networks.unet import UDAUNet
 
 __all__ = ["load_target_images", "time_inference", "time_adaptation", "main"]

@@ -1,8 +1,9 @@
 """The method registry of ``monai-uda benchmark``: each method issue adds its entry here.
 
-A method is a function ``fn(ctx: MethodContext) -> MethodOutput``. It trains or adapts a model with
-the context's budget and seed and returns the checkpoint that the runner evaluates on the target
-test set. Methods that adapt a source model call ``ctx.source_checkpoint()`` (trained once per seed
+A method is a function ``fn(ctx: MethodContext) -> MethodOutput``. It runs its bundle's configs (one
+source of truth for every setting) with the context's budget, seed and the user's overrides
+(``ctx.overrides``, from ``monai-uda benchmark --override METHOD:KEY=VALUE``) and returns the checkpoint
+that the runner evaluates on the target test set. Methods that adapt a source model call ``ctx.source_checkpoint()`` (trained once per seed
 and shared). Methods only ever see ``target_training`` images through ``ctx.uda.split``; target
 labels are the runner's business (evaluation) and the oracle's.
 """
@@ -13,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["MethodContext", "MethodOutput", "METHODS", "PLUGINS", "register_method", "get_method", "load_methods"]
+__all__ = ["MethodContext", "MethodOutput", "METHODS", "PLUGINS", "register_method", "get_method", "load_methods",
+           "config_values"]
 
 
 @dataclass
@@ -45,6 +47,8 @@ class MethodContext:
     amp: bool = False
     progress: bool = False
     _source: Callable[[], str] | None = None
+    #: the user's config overrides for this method's bundle runs (applied last, over the budget)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uda(self):
@@ -74,6 +78,7 @@ class MethodContext:
             "progress": self.progress,
         }
         ov.update(self.budget)
+        ov.update(self.overrides)
         return ov
 
 
@@ -114,6 +119,11 @@ def load_methods() -> dict[str, dict[str, Any]]:
         except Exception as e:  # a broken plugin must not take the other methods down
             warnings.warn(f"method plugin {mod} failed to import and is skipped: {type(e).__name__}: {e}")
     return METHODS
+
+
+def config_values(workflow: Any, keys: Any) -> dict[str, Any]:
+    """``{key: resolved value}`` of a finished bundle run's config, for a benchmark row (what the row ran with)."""
+    return {k: workflow.parser.get_parsed_content(k) for k in keys}
 
 
 def get_method(name: str) -> Callable[[MethodContext], MethodOutput]:

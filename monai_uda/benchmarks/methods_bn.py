@@ -1,11 +1,15 @@
-"""Benchmark entry of BatchNorm re-estimation (paper 002): method ``bn``."""
+"""Benchmark entry of BatchNorm re-estimation (Stenger et al.): method ``bn``, the bundle's ``adapt.json``.
+
+The row records the re-estimation ``mode`` and ``alpha`` the bundle ran with (``bn_mode``, ``bn_alpha``), so a
+changed bundle default or a ``--override bn:mode=...`` shows in the table.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 
-from .methods import MethodContext, MethodOutput, register_method
+from .methods import MethodContext, MethodOutput, config_values, register_method
 
 __all__ = ["bn_reestimation"]
 
@@ -17,7 +21,8 @@ def bn_reestimation(ctx: MethodContext) -> MethodOutput:
     source = ctx.source_checkpoint()
     out = os.path.join(ctx.workdir, "bn")
     t = time.time()
-    run_bundle("bn_reestimation_segmentation", "adapt.json", datalist=ctx.datalist, seed=ctx.seed,
-               source_checkpoint=source, ckpt_dir=out, output_dir=out, device=f"$torch.device('{ctx.device}')",
-               spatial_dims=ctx.uda.spatial_dims)
-    return MethodOutput(checkpoint=os.path.join(out, "model.pt"), extra={"adapt_seconds": round(time.time() - t, 2)})
+    wf = run_bundle("bn_reestimation_segmentation", "adapt.json", datalist=ctx.datalist, seed=ctx.seed,
+                    source_checkpoint=source, ckpt_dir=out, output_dir=out, device=f"$torch.device('{ctx.device}')",
+                    spatial_dims=ctx.uda.spatial_dims, **ctx.overrides)
+    ran = {f"bn_{k}": v for k, v in config_values(wf, ("mode", "alpha")).items()}
+    return MethodOutput(checkpoint=os.path.join(out, "model.pt"), extra={"adapt_seconds": round(time.time() - t, 2), **ran})

@@ -1,4 +1,4 @@
-"""Benchmark methods of the PAST family (paper 004): ``past``, and the training-free pixel-alignment baselines
+"""Benchmark methods of the PAST family (Dong et al.): ``past``, and the training-free pixel-alignment baselines
 ``fda`` and ``histmatch``.
 
 - ``past``: the ``pixel_alignment_segmentation`` bundle end to end: CycleGAN translation source->target
@@ -66,10 +66,10 @@ def _aligned(ctx: MethodContext, alignment: str) -> MethodOutput:
     ov = ctx.bundle_overrides(alignment)
     ov["imports"] = [
         "$import os", "$import torch", "$import monai_uda", "$import monai_uda.bundle", "$import monai_uda.data",
-        "$import monai_uda.transforms", "$import monai_uda.adaptation.past",
+        "$import monai_uda.transforms", "$import monai_uda.methods.past.past",
     ]
     ov["train#preprocessing"] = (
-        f"$monai_uda.adaptation.past.aligned_training_transforms('{alignment}', @uda, roi_size=@roi_size, "
+        f"$monai_uda.methods.past.past.aligned_training_transforms('{alignment}', @uda, roi_size=@roi_size, "
         "num_samples=@num_samples, data_limit=@data_limit)"
     )
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""Shallow-to-deep (paper 003) in ``monai-uda benchmark``: ``rf``, ``enhancer``, ``s2d`` and the Table 7 ablations.
+"""Shallow-to-deep (Matskevych et al.) in ``monai-uda benchmark``: ``rf``, ``enhancer``, ``s2d`` and the Table 7 ablations.
 
 Per seed, the steps shared by all five methods run once in ``<workdir>/s2d_common`` with the benchmark's
 budget (``bundles/shallow2deep_segmentation``): source forests (``prepare_forests.json``), the Prediction
@@ -10,7 +10,7 @@ never seen by any network). The scribble budget is reported in every row (``scri
 
 - ``rf``: the scribble forest alone; ``enhancer``: forest + Prediction Enhancer. Neither is a ``UDAUNet``:
   they are evaluated through the source bundle's ``evaluate.json`` with ``network_def`` overridden by
-  :class:`~monai_uda.adaptation.s2d_workflow.ForestEnhancerNet` (raw image -> features -> forest ->
+  :class:`~monai_uda.methods.shallow2deep.workflow.ForestEnhancerNet` (raw image -> features -> forest ->
   enhancer -> two-channel log-probabilities) and a whole-image ``SimpleInferer`` (features need the
   whole image), so no runner change is needed.
 - ``s2d``: the pseudo-label network (consistency + rectification); ``s2d_noteacher``: without the
@@ -28,9 +28,9 @@ import json
 import os
 import time
 
-import torch
 
 from monai_uda.benchmarks.methods import MethodContext, MethodOutput, register_method
+from monai_uda.utils import atomic_json, atomic_torch_save
 
 __all__ = ["shallow2deep_common", "s2d_sizes", "rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect"]
 
@@ -59,6 +59,7 @@ def _overrides(ctx: MethodContext, subdir: str) -> dict:
         n_jobs=1,
         **s2d_sizes(ctx.budget),
     )
+    ov.update(ctx.overrides)  # the user's overrides win over the budget-derived sizes
     return ov
 
 
@@ -96,10 +97,7 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
     })
     facts.update(forest_file=ov["forest_file"], enhancer_file=ov["enhancer_file"],
                  target_forest_file=ov["target_forest_file"])
-    tmp = facts_file + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(facts, fh, indent=2)
-    os.replace(tmp, facts_file)
+    atomic_json(facts, facts_file)
     return facts
 
 
@@ -110,11 +108,11 @@ def _extra(facts: dict, **more) -> dict:
 
 
 def _forest_output(ctx: MethodContext, use_enhancer: bool) -> MethodOutput:
-    from monai_uda.adaptation.s2d_workflow import ForestEnhancerNet
+    from monai_uda.methods.shallow2deep.workflow import ForestEnhancerNet
     from monai_uda.networks.unet import UDAUNet
 
     facts = shallow2deep_common(ctx)
-    net_def = {"_target_": "monai_uda.adaptation.s2d_workflow.ForestEnhancerNet",
+    net_def = {"_target_": "monai_uda.methods.shallow2deep.workflow.ForestEnhancerNet",
                "forest_path": facts["target_forest_file"]}
     enh = None
     if use_enhancer:
@@ -123,9 +121,7 @@ def _forest_output(ctx: MethodContext, use_enhancer: bool) -> MethodOutput:
     net = ForestEnhancerNet(facts["target_forest_file"], enh, facts["enhancer_file"] if use_enhancer else None)
     name = "enhancer" if use_enhancer else "rf"
     ckpt = os.path.join(ctx.workdir, f"s2d_{name}", "model.pt")
-    os.makedirs(os.path.dirname(ckpt), exist_ok=True)
-    torch.save(net.state_dict(), ckpt + ".tmp")
-    os.replace(ckpt + ".tmp", ckpt)
+    atomic_torch_save(net.state_dict(), ckpt)
     return MethodOutput(
         checkpoint=ckpt,
         eval_overrides={"network_def": net_def, "validate#inferer": {"_target_": "SimpleInferer"}},
@@ -139,8 +135,8 @@ def _pseudo_label_net(ctx: MethodContext, consistency: bool, rectification: bool
     facts = shallow2deep_common(ctx)
     ov = _overrides(ctx, subdir)
     t = time.time()
-    wf = run_bundle(BUNDLE, "adapt.json", workflow_type=None, overwrite_target_forest=False,
-                    consistency=consistency, rectification=rectification, **ov)
+    wf = run_bundle(BUNDLE, "adapt.json", workflow_type=None,
+                    **{"overwrite_target_forest": False, "consistency": consistency, "rectification": rectification, **ov})
     seconds = time.time() - t
     epochs = wf.parser.get_parsed_content("train#trainer").state.epoch
     return MethodOutput(checkpoint=os.path.join(ov["ckpt_dir"], "model.pt"),

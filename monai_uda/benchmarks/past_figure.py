@@ -1,5 +1,5 @@
 """PNG figure of PAST's pixel alignment: source slices, their translation by the CycleGAN generator, and target
-slices (paper 004, Fig. 2 style).
+slices (Dong et al., Fig. 2 style).
 
 Usage::
 
@@ -52,9 +52,10 @@ def past_figure(
     # a pyplot-free Figure: no backend switch (Jupyter keeps its inline figures), no global figure list
     from matplotlib.figure import Figure
 
-    from monai_uda.adaptation.past import _atomic, load_generator
+    from monai_uda.methods.past.past import load_generator
+    from monai_uda.utils import atomic_write
     from monai_uda.data.uda_data import UDAData
-    from monai_uda.networks.cyclegan import CycleGAN
+    from monai_uda.methods.past.cyclegan_networks import CycleGAN
     from monai_uda.transforms.pipelines import segmentation_transforms
 
     uda = UDAData(datalist, deep=False)
@@ -82,7 +83,7 @@ def past_figure(
             if row == 0:
                 ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _atomic(out, lambda tmp: fig.savefig(tmp, dpi=110))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110))
     return out
 
 

@@ -3,19 +3,24 @@
 For each seed the source-only model is trained once and shared by the adaptation methods; each
 method's checkpoint is evaluated on ``target_test`` with the source bundle's ``evaluate.json``
 (Dice, IoU, F1, surface Dice, HD95). Outputs in ``--out``: ``results.csv`` (one row per method and
-seed), ``results.md`` (mean ± std over seeds, with the gap closed = (method - source) / (oracle -
-source) on Dice) and ``results.png`` (a bar chart).
+seed, with its wall and CPU seconds including evaluation, thread count and machine),
+``per_image.csv`` (every test image's metrics per method and seed, so anyone can recompute),
+``results.md`` (mean ± std over seeds, the gap closed = (method - source) / (oracle - source) on Dice,
+and a paired Wilcoxon test against source on per-image Dice: ``+``/``-`` better/worse at p < 0.05,
+``=`` no significant difference) and ``results.png`` (a bar chart).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from typing import Any, Sequence
 
 import pandas as pd
 
+from monai_uda.evaluation.significance import ALPHA, paired_test
 from monai_uda.utils import atomic_write, atomic_write_text
 
 from .methods import METHODS, MethodContext, get_method, load_methods, train_source
@@ -64,18 +69,33 @@ def gap_closed(method: float, source: float, oracle: float) -> float:
     return float("nan") if denom <= 1e-8 else (method - source) / denom
 
 
-def _evaluate(ctx: MethodContext, out, subdir: str) -> dict[str, float]:
+def _evaluate(ctx: MethodContext, out, subdir: str) -> tuple[dict[str, float], pd.DataFrame]:
     from monai_uda.bundle import run_bundle
 
     ov = ctx.bundle_overrides(subdir)
     ov.update(out.eval_overrides)
     ov["checkpoint"] = out.checkpoint
-    ov["eval_dir"] = os.path.join(ctx.workdir, subdir, "target_test")
+    ov["eval_dir"] = eval_dir = os.path.join(ctx.workdir, subdir, "target_test")
     ov["data_limit"] = None  # always the whole target test set
     ov["progress"] = False
     wf = run_bundle(out.bundle, ["train.json", "evaluate.json"], **ov)
     metrics = dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics)
-    return {k: float(metrics[k]) for k in METRICS if k in metrics}
+    per_image = pd.read_csv(os.path.join(eval_dir, "metrics_per_case.csv"))
+    return {k: float(metrics[k]) for k in METRICS if k in metrics}, per_image
+
+
+def machine() -> dict[str, Any]:
+    """What produced a row: platform, core count, torch version and intra-op threads."""
+    import torch
+
+    return {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "platform": platform.platform()}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (data-loader workers, isolated ranks)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def run_benchmark(
@@ -89,12 +109,16 @@ def run_benchmark(
     roi_size: Sequence[int] | None = None,
     progress: bool = True,
     resume: bool = False,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Run ``methods`` on the pair described by ``datalist`` and write the results to ``out``.
 
     With ``resume``, (method, seed) rows already in ``out/results.csv`` (or the partial file of an
     interrupted run) are kept instead of re-run, and a finished source model of a seed is reused,
     so adding a method to a finished benchmark only runs that method.
+
+    ``overrides`` maps a method name to config overrides of its bundle runs (``{"bn": {"mode": "ema"}}``);
+    they are applied last, over the budget (``"source"`` also changes the shared source model).
 
     Returns:
         the per-(method, seed) results table (also written as ``results.csv``).
@@ -104,14 +128,16 @@ def run_benchmark(
     from monai_uda.data import UDAData
 
     load_methods()
-    unknown = [m for m in methods if m not in METHODS]
+    overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+    unknown = [m for m in list(methods) + list(overrides) if m not in METHODS]
     if unknown:
         raise KeyError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
     uda = UDAData(datalist)  # validate once, deeply, before any training
     os.makedirs(out, exist_ok=True)
     budget = budget_for(mode, uda.spatial_dims, roi_size)
     rows = []
-    done = _previous_rows(out) if resume else {}
+    images: list[pd.DataFrame] = []
+    done, done_images = _previous_rows(out) if resume else ({}, None)
     jobs = [(s, m) for s in seeds for m in methods]
     bar = tqdm(jobs, desc=f"benchmark {uda.name}", disable=not progress, unit="run")
     for seed in seeds:
@@ -124,7 +150,8 @@ def run_benchmark(
                 cache["source"] = finished
             if "source" not in cache:
                 t = time.time()
-                cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp, progress))
+                cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp, progress,
+                                                             overrides=overrides.get("source", {})))
                 cache["source_seconds"] = time.time() - t
             return cache["source"]
 
@@ -132,19 +159,27 @@ def run_benchmark(
             bar.set_postfix_str(f"{method} seed={seed}")
             if (method, seed) in done:
                 rows.append(done[(method, seed)])
+                if done_images is not None:
+                    images.append(done_images[(done_images.method == method) & (done_images.seed == seed)])
                 bar.update(1)
                 continue
-            ctx = MethodContext(datalist, workdir, seed, budget, device, amp, progress, _source=source)
-            t = time.time()
+            ctx = MethodContext(datalist, workdir, seed, budget, device, amp, progress, _source=source,
+                                overrides=overrides.get(method, {}))
+            t, cpu = time.time(), _cpu_seconds()
             res = get_method(method)(ctx)
             seconds = time.time() - t
             if method == "source":
                 seconds = cache.get("source_seconds", seconds)
-            metrics = _evaluate(ctx, res, f"eval_{method}")
+            t_eval = time.time()
+            metrics, per_image = _evaluate(ctx, res, f"eval_{method}")
+            eval_seconds = time.time() - t_eval
             rows.append({"pair": uda.name, "method": method, "seed": seed, **metrics, "seconds": round(seconds, 1),
-                         **res.extra})
+                         "eval_seconds": round(eval_seconds, 1), "wall_seconds": round(seconds + eval_seconds, 1),
+                         "cpu_seconds": round(_cpu_seconds() - cpu, 1), **machine(), **res.extra})
+            images.append(per_image.assign(pair=uda.name, method=method, seed=seed))
             bar.update(1)
             pd.DataFrame(rows).to_csv(os.path.join(out, "results.partial.csv"), index=False)
+            pd.concat(images, ignore_index=True).to_csv(os.path.join(out, "per_image.partial.csv"), index=False)
     bar.close()
     df = pd.DataFrame(rows)
     if "dice" in df:
@@ -153,16 +188,29 @@ def run_benchmark(
         _row_gap(df, r) for _, r in df.iterrows()
     ]
     atomic_write_text(os.path.join(out, "results.csv"), df.to_csv(index=False))
+    per_image = _per_image_table(images)
+    atomic_write_text(os.path.join(out, "per_image.csv"), per_image.to_csv(index=False))
     meta = {"mode": mode, "device": device, "amp": amp, "seeds": list(seeds), "budget": budget,
-            "datalist": os.path.abspath(datalist)}
-    atomic_write_text(os.path.join(out, "results.md"), markdown_table(df, meta))
+            "datalist": os.path.abspath(datalist), **({"overrides": overrides} if overrides else {})}
+    atomic_write_text(os.path.join(out, "results.md"), markdown_table(df, meta, per_image))
     plot_results(df, os.path.join(out, "results.png"), title=f"{uda.name} ({mode}, {device})")
-    if os.path.exists(os.path.join(out, "results.partial.csv")):
-        os.remove(os.path.join(out, "results.partial.csv"))
+    for name in ("results.partial.csv", "per_image.partial.csv"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
     return df
 
 
-def _previous_rows(out: str) -> dict[tuple[str, int], dict[str, Any]]:
+def _per_image_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["pair", "method", "seed", "name"])
+    df = pd.concat(frames, ignore_index=True)
+    first = ["pair", "method", "seed", "name"]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def _previous_rows(out: str) -> tuple[dict[tuple[str, int], dict[str, Any]], pd.DataFrame | None]:
+    """Finished rows of an earlier run in ``out`` (and their per-image results, when they were kept)."""
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for name in ("results.csv", "results.partial.csv"):
         p = os.path.join(out, name)
@@ -171,7 +219,11 @@ def _previous_rows(out: str) -> dict[tuple[str, int], dict[str, Any]]:
                 r.pop("gap_closed", None)
                 r.pop("dice_loss", None)
                 rows[(r["method"], int(r["seed"]))] = r
-    return rows
+    frames = [pd.read_csv(os.path.join(out, n)) for n in ("per_image.csv", "per_image.partial.csv")
+              if os.path.isfile(os.path.join(out, n))]
+    images = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "seed", "name"], keep="last") \
+        if frames else None
+    return rows, images
 
 
 def _row_gap(df: pd.DataFrame, r) -> float:
@@ -182,16 +234,23 @@ def _row_gap(df: pd.DataFrame, r) -> float:
     return gap_closed(r.dice, float(src.dice.iloc[0]), float(orc.dice.iloc[0]))
 
 
-def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> str:
-    """Mean ± std over seeds per method, as a markdown table."""
+def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None, per_image: pd.DataFrame | None = None) -> str:
+    """Mean ± std over seeds per method, as a markdown table.
+
+    With ``per_image`` (the runner's ``per_image.csv``), a column ``vs source`` gives the paired Wilcoxon
+    test of each method against source on per-image Dice (:func:`~monai_uda.evaluation.significance.paired_test`):
+    ``+``/``-`` significantly better/worse at p < 0.05 with the p-value, ``=`` no significant difference.
+    """
     cols = [c for c in METRICS + ["dice_loss", "gap_closed", "seconds"] if c in df]
+    test = per_image is not None and len(per_image) > 0 and "source" in set(per_image.method)
     lines = []
     if meta:
         lines.append(f"pair `{df.pair.iloc[0]}` · mode `{meta['mode']}` · device `{meta['device']}` · "
-                     f"seeds {meta['seeds']} · budget {meta['budget']}")
+                     f"seeds {meta['seeds']} · budget {meta['budget']}"
+                     + (f" · overrides {meta['overrides']}" if meta.get("overrides") else ""))
         lines.append("")
-    lines.append("| method | " + " | ".join(cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
+    lines.append("| method | " + " | ".join(cols) + (" | vs source |" if test else " |"))
+    lines.append("|---|" + "---|" * (len(cols) + int(test)))
     for method, g in df.groupby("method", sort=False):
         cells = []
         for c in cols:
@@ -202,8 +261,20 @@ def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None) -> str:
                 cells.append(f"{v.mean():.3f} ± {v.std(ddof=0):.3f}")
             else:
                 cells.append(f"{v.mean():.3f}")
+        if test:
+            cells.append(_mark(per_image, method))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if test:
+        lines += ["", f"vs source: two-sided Wilcoxon signed-rank test on per-image Dice paired over (seed, image), "
+                      f"level {ALPHA}: + better, - worse, = no significant difference, ? fewer than 5 pairs."]
     return "\n".join(lines) + "\n"
+
+
+def _mark(per_image: pd.DataFrame, method: str) -> str:
+    if method == "source":
+        return "—"
+    r = paired_test(per_image, method)
+    return r["mark"] if r["mark"] == "?" else f"{r['mark']} (p={r['p']:.2g}, n={r['n']})"
 
 
 def plot_results(df: pd.DataFrame, path: str, title: str = "") -> str:

@@ -1,4 +1,4 @@
-"""Speed of the shallow-to-deep forest stage on the A1 target (paper 003).
+"""Speed of the shallow-to-deep forest stage on the A1 target (Matskevych et al.).
 
 Prints, on the 20 VNC ssTEM slices (``em_drosophila_vnc_sstem/images``, 512x512):
 
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.feature import hessian_matrix_eigvals, structure_tensor_eigenvalues
 
-from monai_uda.adaptation.forests import load_single_channel, predict_foreground, train_scribble_forest
-from monai_uda.adaptation.scribbles import simulate_scribbles
-from monai_uda.transforms.pixel_features import PixelFeatures
+from monai_uda.methods.shallow2deep.forests import load_single_channel, predict_foreground, train_scribble_forest
+from monai_uda.methods.shallow2deep.scribbles import simulate_scribbles
+from monai_uda.methods.shallow2deep.pixel_features import PixelFeatures
 
 __all__ = ["torch_pixel_features", "load_a1_target", "main"]
 

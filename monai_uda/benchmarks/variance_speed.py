@@ -1,4 +1,4 @@
-"""Per-training-step cost of BUDA-Seg's variational Dice vs plain Dice vs MC-dropout (paper 000, Table 2).
+"""Per-training-step cost of BUDA-Seg's variational Dice vs plain Dice vs MC-dropout (Li et al., Table 2).
 
 ``python -m monai_uda.benchmarks.variance_speed [--size 256 --batch 4 --steps 6 --device cpu]``
 
@@ -6,7 +6,7 @@ Three variants of one training step of a 2D :class:`~monai_uda.networks.unet.UDA
 same dropout rate, Adam, a random pseudo-label):
 
 - ``plain``: Eq. 2 on the logits (MONAI ``DiceLoss(squared_pred=True, softmax=True)``), one pass;
-- ``variational``: :class:`~monai_uda.networks.variance_head.VarianceUNet` + Eq. 1-3 with K samples, one pass;
+- ``variational``: :class:`~monai_uda.methods.buda.variance_head.VarianceUNet` + Eq. 1-3 with K samples, one pass;
 - ``mcdropout``: Wu et al.'s rectified loss over T stochastic passes (all in the graph).
 
 Time: one subprocess builds all three variants and interleaves their steps (one step of each per round,
@@ -65,10 +65,10 @@ def _make_step(variant: str, size: int, batch: int, device, classes: int, sample
     """One training step of ``variant`` as a closure (its own network, optimiser and data; seed 0)."""
     import torch
 
-    from monai_uda.adaptation.mc_dropout import mc_dropout_train_step
-    from monai_uda.losses.variational_dice import VariationalSamplingDiceLoss, plain_dice_loss
+    from monai_uda.methods.buda.mc_dropout import mc_dropout_train_step
+    from monai_uda.methods.buda.variational_dice import VariationalSamplingDiceLoss, plain_dice_loss
     from monai_uda.networks.unet import UDAUNet
-    from monai_uda.networks.variance_head import VarianceUNet
+    from monai_uda.methods.buda.variance_head import VarianceUNet
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got '{variant}'.")

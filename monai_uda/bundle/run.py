@@ -17,7 +17,8 @@ def run_bundle(name: str, config: str | Sequence[str], workflow_type: str | None
     """Initialise, run and finalise one config (or a layered list) of bundle ``name``.
 
     Args:
-        name: bundle folder name under ``bundles/``.
+        name: bundle folder name under :func:`~monai_uda.bundle.locate.bundles_root` (the repository's
+            ``bundles/``, or the copy in an installed package).
         config: config file name(s) in the bundle's ``configs/``, e.g. ``["train.json", "evaluate.json"]``.
         workflow_type: passed to ``ConfigWorkflow``.
         logging: apply the bundle's ``logging.conf`` (off by default when called from Python).

@@ -15,7 +15,7 @@ as an artifact, like MONAI's own handler).
 
 Also here: :func:`set_output_transform` (engines whose output is a plain dict, e.g. the CycleGAN trainer),
 :func:`close_trackers` (the evaluate configs' ``finalize``) and small metric helpers for the engine-less
-steps (:func:`bn_statistics_shift`, :func:`forests_summary`, :func:`datalist_counts`, :func:`flatten_summary`).
+steps (:func:`bn_statistics_shift`, :func:`datalist_counts`, :func:`flatten_summary`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 __all__ = ["log_to_trackers", "set_output_transform", "close_trackers", "flatten_summary", "bn_statistics_shift",
-           "forests_summary", "datalist_counts"]
+           "datalist_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,19 +232,6 @@ def bn_statistics_shift(network: torch.nn.Module, reference: str | Mapping[str, 
         "bn_layers_changed": float(changed),
         "bn_mean_abs_shift": sum(mean_shift) / len(mean_shift) if mean_shift else 0.0,
         "bn_log_var_ratio": sum(var_ratio) / len(var_ratio) if var_ratio else 0.0,
-    }
-
-
-def forests_summary(path: str, spatial_dims: int = 2) -> dict[str, float]:
-    """``n_forests``, ``n_trees``, ``n_features`` and ``file_mb`` of a saved source-forest file."""
-    from monai_uda.adaptation.forests import load_forests
-
-    forests, feats = load_forests(path)
-    return {
-        "n_forests": float(len(forests)),
-        "n_trees": float(sum(len(getattr(f, "estimators_", [])) for f in forests)),
-        "n_features": float(feats.num_features(spatial_dims)),
-        "file_mb": os.path.getsize(path) / 2**20,
     }
 
 

@@ -52,13 +52,16 @@ class ManifestError(ValueError):
 
 
 def manifests_dir() -> Path:
-    """The folder holding the manifests: ``$MONAI_UDA_MANIFESTS`` or ``<repo>/data_manifests``."""
+    """The folder holding the manifests, first found of: ``$MONAI_UDA_MANIFESTS``, the repository's
+    ``data_manifests/`` (checkout, editable install), the copy a regular ``pip install`` ships in the
+    package (``monai_uda/_data_manifests``, see ``setup.py``). None found: the repository's path."""
     env = os.environ.get(MANIFESTS_ENV)
     if env:
         return Path(env)
-    import monai_uda
-
-    return Path(monai_uda.__file__).resolve().parents[1] / "data_manifests"
+    package = Path(__file__).resolve().parents[1]  # the monai_uda package folder
+    repo = package.parent / "data_manifests"
+    packaged = package / "_data_manifests"
+    return packaged if not repo.is_dir() and packaged.is_dir() else repo
 
 
 def schema_path() -> Path:
@@ -306,8 +309,8 @@ def build_datalist(
         source_val_fraction: fraction of source subjects held out for validation.
         target_test_fraction: fraction of labelled target subjects kept for evaluation.
         oracle: ``"shared"`` or ``"disjoint"`` (see above).
-        max_source_subjects: cap on source_training subjects (e.g. 40 for CC-359 as in paper 001).
-        max_target_test_subjects: cap on target_test subjects (e.g. 10 as in paper 001).
+        max_source_subjects: cap on source_training subjects (e.g. 40 for CC-359 as in Sheikh and Schultz).
+        max_target_test_subjects: cap on target_test subjects (e.g. 10 as in Sheikh and Schultz).
         setting: ``"inductive"`` or ``"transductive"``.
         validate: run :func:`monai_uda.data.datalist.validate_uda_datalist` before writing.
         deep: open every file during validation (slow on full datasets).

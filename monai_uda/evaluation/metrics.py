@@ -261,12 +261,6 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _atomic_to_csv(df: pd.DataFrame, path: str, index: bool) -> None:
-    from monai_uda.utils import atomic_write
-
-    atomic_write(path, lambda tmp: df.to_csv(tmp, index=index))
-
-
 def write_case_metrics(
     rows: Sequence[Mapping[str, Any]] | pd.DataFrame, out_dir: str | os.PathLike, prefix: str = ""
 ) -> tuple[str, str]:
@@ -287,6 +281,8 @@ def write_case_metrics(
     os.makedirs(out_dir, exist_ok=True)
     per_case = os.path.join(out_dir, f"{prefix}{PER_CASE_FILENAME}")
     summary = os.path.join(out_dir, f"{prefix}{SUMMARY_FILENAME}")
-    _atomic_to_csv(df, per_case, index=False)
-    _atomic_to_csv(summarize(df), summary, index=True)
+    from monai_uda.utils import atomic_write
+
+    atomic_write(per_case, lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(summary, lambda tmp: summarize(df).to_csv(tmp, index=True))
     return per_case, summary

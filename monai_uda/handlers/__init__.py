@@ -1,7 +1,6 @@
-from .agreement_early_stop import AgreementEarlyStop
+"""Ignite handlers that more than one method uses (a method's own handlers live in its ``methods/<method>/``)."""
+
 from .atomic_checkpoint_saver import AtomicCheckpointSaver
-from .bn_reestimation import BNReestimation
-from .pseudo_label_rounds import PseudoLabelRounds
 from .segmentation_metrics_saver import SegmentationMetricsSaver
 
-__all__ = ["AgreementEarlyStop", "AtomicCheckpointSaver", "BNReestimation", "PseudoLabelRounds", "SegmentationMetricsSaver"]
+__all__ = ["AtomicCheckpointSaver", "SegmentationMetricsSaver"]

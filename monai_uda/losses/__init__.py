@@ -1,11 +1,5 @@
-from .cyclegan import CycleGANLoss, cycle_loss, identity_loss
-from .variational_dice import VariationalSamplingDiceLoss, plain_dice_loss, squared_dice_loss
+"""Losses that more than one method uses (a method's own losses live in its ``methods/<method>/``)."""
 
-__all__ = [
-    "CycleGANLoss",
-    "VariationalSamplingDiceLoss",
-    "cycle_loss",
-    "identity_loss",
-    "plain_dice_loss",
-    "squared_dice_loss",
-]
+from .pseudo_label import PseudoLabelCrossEntropyLoss, PseudoLabelDiceCELoss
+
+__all__ = ["PseudoLabelCrossEntropyLoss", "PseudoLabelDiceCELoss"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from monai_uda.benchmarks.methods import load_methods
-from monai_uda.benchmarks.methods_early import epochs_per_round
+from monai_uda.engines.self_training import split_epochs
 from monai_uda.benchmarks.runner import run_benchmark
 
 
@@ -21,10 +21,10 @@ def test_registered():
 
 
 def test_epochs_per_round():
-    assert epochs_per_round(20, 3) == [7, 7, 6] and sum(epochs_per_round(20, 3)) == 20
-    assert epochs_per_round(2, 2) == [1, 1]
+    assert split_epochs(20, 3) == [7, 7, 6] and sum(split_epochs(20, 3)) == 20
+    assert split_epochs(2, 2) == [1, 1]
     with pytest.raises(ValueError):
-        epochs_per_round(1, 2)
+        split_epochs(1, 2)
 
 
 def test_quick_benchmark_early_st_cbst(tmp_path, tiny_demo_2d, monkeypatch):

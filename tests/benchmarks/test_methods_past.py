@@ -15,7 +15,7 @@ def test_past_family_registered():
 
 
 def test_aligned_transforms_change_source_only_in_intensity(tiny_demo_2d):
-    from monai_uda.adaptation.past import aligned_training_transforms
+    from monai_uda.methods.past.past import aligned_training_transforms
     from monai_uda.data import UDAData
 
     uda = UDAData(tiny_demo_2d, deep=False)
@@ -51,7 +51,7 @@ def test_aligned_transforms_grey_source_rgb_target(tmp_path):
 
     from PIL import Image
 
-    from monai_uda.adaptation.past import aligned_training_transforms
+    from monai_uda.methods.past.past import aligned_training_transforms
     from monai_uda.data import UDAData
 
     rng = np.random.default_rng(0)

@@ -1,3 +1,4 @@
+import json
 import math
 import os
 
@@ -31,6 +32,16 @@ def test_quick_benchmark_writes_csv_table_chart(tmp_path, tiny_demo_2d, monkeypa
     assert csv.loc[csv.method == "oracle", "gap_closed"].iloc[0] == 1.0
     assert "| source |" in (tmp_path / "results.md").read_text()
     assert markdown_table(df).count("\n") == 4 and "dice_loss" in markdown_table(df)
+    # cost you can plan with: evaluation included, CPU time, threads and the machine on every row
+    row = csv.iloc[1]
+    assert row.wall_seconds == pytest.approx(row.seconds + row.eval_seconds, abs=0.11) and row.cpu_seconds > 0
+    assert row.threads >= 1 and row.cores >= 1 and row.torch and row.platform
+    # per-image results beside the table, one row per method, seed and test image, matching the means
+    per_image = pd.read_csv(tmp_path / "per_image.csv")
+    n_test = len(json.load(open(tiny_demo_2d))["target_test"])
+    assert list(per_image.columns[:4]) == ["pair", "method", "seed", "name"] and len(per_image) == 2 * n_test
+    assert per_image.groupby("method").dice.mean().loc["oracle"] == pytest.approx(csv.dice.iloc[1])
+    assert "| vs source |" in (tmp_path / "results.md").read_text()
 
 
 def test_resume_keeps_finished_rows(tmp_path, tiny_demo_2d, monkeypatch):
@@ -43,6 +54,8 @@ def test_resume_keeps_finished_rows(tmp_path, tiny_demo_2d, monkeypatch):
     monkeypatch.setattr(methods, "_train", lambda *a, **k: calls.append(a) or "never")
     df = run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), mode="quick", progress=False, resume=True)
     assert calls == [] and list(df.method) == ["source"]  # neither re-trained nor re-evaluated
+    n_test = len(json.load(open(tiny_demo_2d))["target_test"])
+    assert len(pd.read_csv(tmp_path / "per_image.csv")) == n_test  # the finished row's per-image results are kept
 
 
 def test_combined_table(tmp_path):
@@ -61,7 +74,7 @@ def test_plots_write_png_and_leave_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
     import pandas as pd
 
-    from monai_uda.adaptation.shift_report import plot_shift
+    from monai_uda.methods.bn_reestimation.shift_report import plot_shift
     from monai_uda.benchmarks.runner import plot_results
 
     before = matplotlib.get_backend()

@@ -134,3 +134,112 @@ def test_inference_config_has_the_infer_workflow_properties(bundle):
     assert wf.check_properties() in (None, [])
     wf.parser["dataset_dir"] = "/data/target"
     assert wf.parser.get_parsed_content("input_dir") == "/data/target"
+
+
+# ---------------------------------------------------------------------------------------------
+# config layering (MONAI model-zoo pattern) and the parts every bundle shares
+# ---------------------------------------------------------------------------------------------
+
+# the config evaluate.json is layered on: --config_file "['configs/<base>','configs/evaluate.json']"
+EVAL_BASE = {b: "adapt.json" for b in BUNDLES}
+EVAL_BASE.update(source_segmentation="train.json", pixel_alignment_segmentation="train.json")
+# what an evaluation is, in every bundle (the validate section: data, inferer, postprocessing, handlers, ...)
+SHARED_EVAL_IDS = ("eval_key", "eval_dir", "surface_tolerance", "validate", "initialize", "run", "finalize")
+# a layer that runs another workflow states all its steps, even one that happens to equal the base's
+WORKFLOW_STEPS = {"initialize", "run", "finalize"}
+# the only items in which a bundle's inference.json may differ from source_segmentation's
+INFERENCE_OWN_IDS = {"_desc_", "bundle_root", "checkpoint"}
+# PAST's segmentation training = source_segmentation's train.json fed with the translated source
+PAST_TRAIN_OWN_IDS = {"_desc_", "imports", "bundle_root", "translated_dir", "translated_datalist", "uda"}
+
+
+def _raw(bundle, name):
+    return ConfigParser.load_config_file(str(bundle_dir(bundle) / "configs" / name))
+
+
+def _layered(bundle, names):
+    """The merged config of ``names`` as ``--config_file`` merges it, macros (``%``) and relative ids resolved."""
+    parser = ConfigParser(ConfigParser.load_config_files([str(bundle_dir(bundle) / "configs" / n) for n in names]))
+    parser.resolve_macro_and_relative_ids()
+    return parser.get()
+
+
+def _redundant_ids(layer, base, prefix=""):
+    """Ids of ``layer`` whose value equals the base config's: a layer should hold only what differs."""
+    found = []
+    for key, value in layer.items():
+        cid = f"{prefix}{key}"
+        if key == "_desc_" or cid in WORKFLOW_STEPS:
+            continue
+        try:
+            old = base[cid]
+        except (KeyError, IndexError, ValueError, TypeError):
+            continue
+        if isinstance(value, dict) and isinstance(old, dict):
+            found += _redundant_ids(value, base, cid + "#")
+        elif value == old:
+            found.append(cid)
+    return found
+
+
+def _macro_files(config):
+    """``%file#id`` macros (file-relative includes would break MONAI Label and runs from another folder)."""
+    if isinstance(config, dict):
+        return [m for v in config.values() for m in _macro_files(v)]
+    if isinstance(config, list):
+        return [m for v in config for m in _macro_files(v)]
+    is_file_macro = isinstance(config, str) and config.startswith("%") and ConfigParser.split_path_id(config[1:])[0]
+    return [config] if is_file_macro else []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_evaluate_layer_holds_only_what_differs_from_its_base(bundle):
+    layer = _raw(bundle, "evaluate.json")
+    base = ConfigParser(_raw(bundle, EVAL_BASE[bundle]))
+    assert _redundant_ids(layer, base) == [], f"{bundle}/evaluate.json repeats its {EVAL_BASE[bundle]}"
+    assert "imports" not in layer  # the base config's imports serve the layer
+    assert _macro_files(layer) == []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_evaluation_is_the_same_in_every_bundle(bundle):
+    ref = _layered("source_segmentation", ["train.json", "evaluate.json"])
+    merged = _layered(bundle, [EVAL_BASE[bundle], "evaluate.json"])
+    for cid in SHARED_EVAL_IDS:
+        assert merged[cid] == ref[cid], f"{bundle}: '{cid}' of {EVAL_BASE[bundle]} + evaluate.json has drifted"
+    # the split and the workers are config items, not constants
+    assert ref["eval_key"] == "target_test" and "@eval_key" in ref["validate"]["dataset"]["data"]
+    assert ref["validate"]["dataset"]["num_workers"] == ref["validate"]["dataloader"]["num_workers"] == "@num_workers"
+    assert "num_workers" in _raw(bundle, EVAL_BASE[bundle])
+    assert ref["validate"]["evaluator"]["_target_"] == "SupervisedEvaluator"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_config_is_standalone_and_the_same_in_every_bundle(bundle):
+    # MONAI Label (BundleInferTask) reads configs/inference.json alone, from a bundle folder that may have been
+    # copied alone: no file includes, no layering; what must not drift is checked against the source bundle's
+    own, ref = _raw(bundle, "inference.json"), _raw("source_segmentation", "inference.json")
+    assert _macro_files(own) == []
+    differ = {k for k in own.keys() | ref.keys() if own.get(k) != ref.get(k)}
+    assert differ <= INFERENCE_OWN_IDS, f"{bundle}/inference.json drifted from source_segmentation's in {differ}"
+    assert own["bundle_root"] == f"$monai_uda.bundle.locate_bundle_root('{bundle}')"
+    for cid in ("network_def", "preprocessing", "inferer", "postprocessing"):  # what MONAI Label uses
+        assert cid in own
+
+
+def test_past_segmentation_training_is_the_source_training_on_translated_images():
+    src, past = _raw("source_segmentation", "train.json"), _raw("pixel_alignment_segmentation", "train.json")
+    differ = {k for k in src.keys() | past.keys() if src.get(k) != past.get(k)}
+    assert differ <= PAST_TRAIN_OWN_IDS, f"PAST train.json drifted from source_segmentation's in {differ}"
+    assert set(src["imports"]) <= set(past["imports"])
+    assert past["uda"]["datalist"] == "@translated_datalist"
+    assert any(h["_target_"] == "ignite.handlers.ProgressBar" for h in past["train"]["handlers"])
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_exposes_network_transforms_and_engines_as_config_items(bundle):
+    base = ConfigParser(_raw(bundle, EVAL_BASE[bundle]))
+    assert "network_def" in base or bundle == "variance_sampling_segmentation"  # BUDA-Seg builds it per round
+    merged = ConfigParser(_layered(bundle, [EVAL_BASE[bundle], "evaluate.json"]))
+    for cid in ("network_def", "network", "validate#preprocessing", "validate#evaluator"):
+        assert cid in merged, f"{bundle}: {cid}"

@@ -130,6 +130,38 @@ def test_adapt_3d_tiny(tmp_path, tiny_demo_3d):
     assert summary["epochs_to_convergence"] == 1 and len(summary["agreement_history"]) == 2  # d_0, d_1
 
 
+def test_cbst_configuration_3d(tmp_path, tiny_demo_3d):
+    """Zou et al.'s CBST baseline (adapt_st.json + adapt_cbst.json on adapt.json): pseudo-labels in each volume's
+    own grid (ST and CBST in 2D: tests/benchmarks/test_methods_early.py)."""
+    import nibabel as nib
+    import numpy as np
+
+    torch.manual_seed(0)
+    torch.save(UDAUNet(spatial_dims=3, in_channels=1, out_channels=2).state_dict(), tmp_path / "source.pt")
+    ov = _ov(tmp_path, tiny_demo_3d, spatial_dims=3, roi_size=[32, 32, 32], max_epochs=1, num_rounds=1,
+             source_checkpoint=str(tmp_path / "source.pt"), sw_batch_size=8, progress=False)
+    layers = ["adapt.json", "adapt_st.json", "adapt_cbst.json"]
+    wf = run_bundle(BUNDLE, layers, **ov)
+    mode = wf.parser.get_parsed_content("method")
+    labeller = wf.parser.get_parsed_content("pseudo_labeller")
+    rounds = wf.parser.get_parsed_content("round_trainer")
+    assert type(labeller).__name__ == "SelfTrainingSelector" and labeller.mode == mode == "cbst"
+    assert type(rounds.loss_function).__name__ == "PseudoLabelCrossEntropyLoss" and rounds.epochs == [1]
+    assert [h["iterations"] for h in rounds.history] == [1]
+    out = tmp_path / "models" / mode
+    state = json.loads((out / "rounds_state.json").read_text())
+    assert state["completed"] == [0, 1]
+    lab = nib.load(out / state["rounds"]["0"]["labels"][0]["label"])
+    img = nib.load(state["items"][0])
+    assert lab.shape == img.shape[:3] and np.allclose(lab.affine, img.affine, atol=1e-4)
+    kept = np.asarray(lab.dataobj) != 255
+    assert 0.0 < kept.mean() <= 0.2 + 1e-3  # round 0 keeps the most confident 20 % (of all target voxels)
+    UDAUNet(spatial_dims=3, in_channels=1, out_channels=2).load_state_dict(_load(out / "model.pt"))
+    summary = json.loads((out / "adapt_summary.json").read_text())
+    assert summary["method"] == mode and summary["epochs_per_round"] == [1]
+    assert not (tmp_path / "models" / "model.pt").exists()  # the refinement's output is left alone
+
+
 def test_metadata_and_files():
     d = bundle_dir(BUNDLE)
     schema = os.path.join(os.path.dirname(__file__), "..", "..", "monai_uda", "schemas", "meta_schema.json")
@@ -138,5 +170,6 @@ def test_metadata_and_files():
                        capture_output=True, text=True)
     assert r.returncode == 0 and "verified with no error" in (r.stdout + r.stderr), r.stderr[-2000:]
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/train_head.json", "configs/adapt.json",
-                 "configs/adapt_oneshot.json", "configs/evaluate.json", "configs/inference.json"):
+                 "configs/adapt_oneshot.json", "configs/evaluate.json", "configs/inference.json",
+                 "configs/adapt_st.json", "configs/adapt_cbst.json"):
         assert (d / name).is_file(), name

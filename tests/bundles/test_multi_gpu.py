@@ -167,3 +167,25 @@ def test_override_keeps_up_with_its_base_config(bundle, config):
             for ref in re.findall(r"@[\w#]+", old):
                 assert ref in new_text, f"multi_gpu_{config}: {key!r} lost {ref} of the base value {old!r}"
 
+
+
+@pytest.mark.parametrize("bundle,layers", [
+    ("variance_sampling_segmentation", ["adapt.json"]),
+    ("variance_sampling_segmentation", ["adapt.json", "adapt_selftrain.json"]),
+    ("variance_sampling_segmentation", ["adapt.json", "adapt_mcdropout.json"]),
+    ("pixel_alignment_segmentation", ["train.json", "self_train.json"]),
+])
+def test_self_training_configs_distribute_the_engine(bundle, layers):
+    """Every self-training configuration (and variant) under its multi-GPU override: the engine labels on rank 0
+    and the round trainer trains a DDP model on DistributedSampler shards, with rank-0-only handlers."""
+    from monai.bundle import ConfigParser
+
+    d = bundle_dir(bundle) / "configs"
+    override = "multi_gpu_adapt.json" if bundle == "variance_sampling_segmentation" else "multi_gpu_self_train.json"
+    parser = ConfigParser()
+    parser.read_config([str(d / c) for c in layers + [override]])
+    assert parser["self_training"]["distributed"] is True and parser["round_trainer"]["distributed"] is True
+    assert parser["round_trainer"]["_target_"] == "monai_uda.engines.self_training.RoundTrainer"
+    handlers = parser["round_trainer"].get("train_handlers")
+    assert handlers is None or "rank0_handlers" in handlers  # None: the round trainer's own rank-0 loss log
+    assert parser["initialize"][0].startswith("$monai_uda.bundle.distributed.init_distributed(")

@@ -71,14 +71,16 @@ def test_segmentation_on_translated_source(past_run):
 
 def test_self_training_rounds(past_run):
     tmp = past_run["tmp"]
-    st = past_run["self_train"].parser.get_parsed_content("self_training")
+    parser = past_run["self_train"].parser
+    labeller = parser.get_parsed_content("pseudo_labeller")
     state = json.load(open(tmp / "models" / "self_train" / "rounds_state.json"))
     assert state["completed"] == [0, 1, 2]
     assert len(state["items"]) == LIMIT + LIMIT  # X_c = translated source + target training (Algorithm 1, line 5)
     assert not any("oracle" in i or "_seg" in i for i in state["items"])
     # round 0 pseudo-labels keep the top q=0.6 of the pixels of each predicted class
     lab = nib.load(tmp / "models" / "self_train" / state["rounds"]["0"]["labels"][0]["label"]).get_fdata()
-    assert st.selector.q_at(0) == pytest.approx(0.6) and st.mode == "pseudo"
+    assert labeller.q_at(0) == pytest.approx(0.6) and parser.get_parsed_content("translated_source_labels") == "pseudo"
+    assert type(labeller).__name__ == "TopQSelector" and parser.get_parsed_content("labelled_items") == []
     kept = (lab != 255).mean()
     assert 0.5 < kept <= 0.6 + 1e-6
     assert os.path.isfile(tmp / "models" / "self_train" / "model.pt")
@@ -104,9 +106,26 @@ def test_self_training_resumes_after_crash(past_run, tiny_demo_2d, tmp_path):
     dl_path = tmp_path / "models" / "translated" / "datalist.json"
     dl_path.write_text(dl_path.read_text().replace(str(src), str(tmp_path / "models")))
     wf = run_bundle(BUNDLE, ["train.json", "self_train.json"], **_ov(tmp_path, tiny_demo_2d, **TINY, data_limit=LIMIT))
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    assert trainer.state.iteration == 2  # one round of 1 epoch x 2 iterations, not two
+    history = wf.parser.get_parsed_content("round_trainer").history
+    assert [(h["round"], h["iterations"]) for h in history] == [(2, 2)]  # one round of 1 epoch x 2 iterations, not two
     assert json.load(open(st_dir / "rounds_state.json"))["completed"] == [0, 1, 2]
+
+
+def test_self_training_with_real_translated_source_labels(past_run, tiny_demo_2d, tmp_path):
+    """The "real" variant: only the target is pseudo-labelled; the translated source trains with its real labels."""
+    tmp = past_run["tmp"]
+    wf = run_bundle(BUNDLE, ["train.json", "self_train.json"],
+                    **_ov(tmp, tiny_demo_2d, **TINY, data_limit=LIMIT, num_rounds=1, translated_source_labels="real",
+                          self_train_dir=str(tmp_path / "real")))
+    state = json.load(open(tmp_path / "real" / "rounds_state.json"))
+    uda = wf.parser.get_parsed_content("uda")
+    assert state["items"] == [it["image"] for it in uda.split("target_training", limit=LIMIT)]  # X_t only
+    rounds = wf.parser.get_parsed_content("round_trainer")
+    labelled = wf.parser.get_parsed_content("labelled_items")
+    assert len(labelled) == LIMIT and all("/translated/source_training/" in it["image"] and "label" in it
+                                          for it in labelled)
+    assert len(rounds.trainer.data_loader.dataset) == 2 * LIMIT  # pseudo-labelled target + labelled source
+    assert (tmp_path / "real" / "model.pt").is_file()
 
 
 def test_evaluate_infer_and_figure(past_run, tiny_demo_2d, tmp_path):

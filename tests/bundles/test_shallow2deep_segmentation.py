@@ -35,7 +35,7 @@ def upstream(tmp_path_factory, tiny_demo_2d):
 
 
 def test_prepare_and_enhancer(upstream):
-    from monai_uda.adaptation.forests import load_forests
+    from monai_uda.methods.shallow2deep.forests import load_forests
 
     root, wf = upstream
     forests, feats = load_forests(root / "models" / "source_forests.joblib")
@@ -46,8 +46,8 @@ def test_prepare_and_enhancer(upstream):
 
 
 def test_enhancer_samples_never_hold_raw_images(upstream):
-    from monai_uda.adaptation.s2d_workflow import enhancer_prepare_batch
-    from monai_uda.adaptation.shallow2deep import ENHANCER_INPUT_KEY, RF_PROBABILITY
+    from monai_uda.methods.shallow2deep.workflow import enhancer_prepare_batch
+    from monai_uda.methods.shallow2deep.s2d import ENHANCER_INPUT_KEY, RF_PROBABILITY
 
     _, wf = upstream
     sample = wf.parser.get_parsed_content("train#dataset")[0][0]

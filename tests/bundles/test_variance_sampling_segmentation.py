@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_uda.adaptation.buda_rounds import resolve_source_checkpoint, split_epochs
+from monai_uda.bundle import resolve_source_checkpoint
+from monai_uda.engines.self_training import split_epochs
 from monai_uda.bundle import bundle_dir, run_bundle
 from monai_uda.networks.unet import UDAUNet
 
@@ -41,18 +42,22 @@ def _state(tmp_path):
 
 def test_adapt_evaluate_infer_2d(tmp_path, tiny_demo_2d, source_2d):
     wf = run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d, source_2d))
-    adaptation = wf.parser.get_parsed_content("adaptation")
-    assert adaptation.method == "buda" and adaptation.epochs == [1, 1]
+    rounds = wf.parser.get_parsed_content("round_trainer")
+    uda = wf.parser.get_parsed_content("uda")
+    assert wf.parser.get_parsed_content("method") == "buda" and rounds.epochs == [1, 1]
+    assert type(wf.parser.get_parsed_content("pseudo_labeller")).__name__ == "ArgmaxLabeller"
+    assert rounds.trainer_class.__name__ == "VarianceSupervisedTrainer"
+    assert type(rounds.loss_function).__name__ == "VariationalSamplingDiceLoss"
     state = _state(tmp_path)
     assert state["completed"] == [0, 1, 2]
-    n_target = len(adaptation.uda.split("target_training"))
+    n_target = len(uda.split("target_training"))
     for r in range(3):  # round 0 = source labels, then one per training round, each in its own folder
         labels = glob.glob(str(tmp_path / "eval" / "pseudo_labels" / f"round_{r}" / "*_img.nii.gz"))
         assert len(labels) == n_target
         lab = np.asarray(nib.load(labels[0]).dataobj)
-        img = np.asarray(nib.load(state["items"][0] if r == 0 else adaptation.uda.split("target_training")[0]["image"]).dataobj)
+        img = np.asarray(nib.load(state["items"][0] if r == 0 else uda.split("target_training")[0]["image"]).dataobj)
         assert lab.shape == img.shape and set(np.unique(lab)) <= {0, 1}
-    assert [h["iterations"] for h in adaptation.history] == [1, 1]  # a SupervisedTrainer per round
+    assert [h["iterations"] for h in rounds.history] == [1, 1]  # a SupervisedTrainer per round
     assert not glob.glob(str(tmp_path / "**" / ".tmp-*"), recursive=True), "temp files left behind"
 
     # the adapted model is a plain UDAUNet state dict (variance head saved separately)
@@ -95,19 +100,44 @@ def test_resume_does_not_redo_completed_rounds(tmp_path, tiny_demo_2d, source_2d
     wf = run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d, source_2d, num_rounds=2))
     assert _state(tmp_path)["completed"] == [0, 1, 2]
     assert os.path.getmtime(round1) == mtime  # round 1 was not relabelled
-    assert [h["round"] for h in wf.parser.get_parsed_content("adaptation").history] == [2]  # only round 2 trained
+    assert [h["round"] for h in wf.parser.get_parsed_content("round_trainer").history] == [2]  # only round 2 trained
 
 
 def test_selftrain_fresh_rounds_and_collapse_warning(tmp_path, tiny_demo_2d, source_2d):
     with pytest.warns(RuntimeWarning, match="collapsed"):
-        wf = run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d, source_2d, method="selftrain",
-                                                    round_init="source", num_rounds=1, max_epochs=1,
-                                                    collapse_threshold=0.99))
-    adaptation = wf.parser.get_parsed_content("adaptation")
-    assert type(adaptation.loss_function).__name__ == "DiceLoss"  # the no-variance ablation
+        wf = run_bundle(BUNDLE, ["adapt.json", "adapt_selftrain.json"],
+                        **_ov(tmp_path, tiny_demo_2d, source_2d, round_init="source", num_rounds=1, max_epochs=1,
+                              collapse_threshold=0.99))
+    rounds = wf.parser.get_parsed_content("round_trainer")
+    assert type(rounds.loss_function).__name__ == "DiceLoss"  # the no-variance ablation
+    assert rounds.trainer_class.__name__ == "SupervisedTrainer"
+    assert wf.parser.get_parsed_content("method") == "selftrain"
     state = _state(tmp_path)
     assert state["rounds"]["1"]["fresh_model"] is True and state["rounds"]["0"]["collapsed"] is True
     assert not (tmp_path / "models" / "variance_model.pt").exists()
+    UDAUNet(spatial_dims=2, out_channels=2).load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
+
+
+def test_mcdropout_configuration(tmp_path, tiny_demo_2d, source_2d):
+    """Wu et al.'s baseline is a configuration: dropout network, MC-dropout labeller, inferer and loss."""
+    wf = run_bundle(BUNDLE, ["adapt.json", "adapt_mcdropout.json"],
+                    **_ov(tmp_path, tiny_demo_2d, source_2d, num_rounds=1, max_epochs=1, mc_threshold=0.0))
+    labeller = wf.parser.get_parsed_content("pseudo_labeller")
+    rounds = wf.parser.get_parsed_content("round_trainer")
+    assert type(labeller).__name__ == "MCDropoutLabeller" and labeller.num_passes == 4
+    assert type(rounds.inferer).__name__ == "MCDropoutInferer" and rounds.inferer.num_passes == 4
+    assert type(rounds.loss_function).__name__ == "UncertaintyRectifiedLoss"
+    net = wf.parser.get_parsed_content("network")
+    from monai_uda.methods.buda.mc_dropout import dropout_modules
+
+    assert {m.p for m in dropout_modules(net)} == {0.1}  # UDAUNet(dropout=0.1)
+    state = _state(tmp_path)
+    assert state["completed"] == [0, 1] and [h["iterations"] for h in rounds.history] == [1]
+    # threshold 0: every pixel with any MC disagreement is ignored (255), the confident ones keep their argmax
+    lab = np.asarray(nib.load(tmp_path / "eval" / "pseudo_labels" / state["rounds"]["1"]["labels"][0]["label"]).dataobj)
+    assert (lab == 255).any() and set(np.unique(lab)) <= {0, 1, 255}
+    summary = json.loads((tmp_path / "models" / "adapt_summary.json").read_text())
+    assert summary["method"] == "mcdropout" and not (tmp_path / "models" / "variance_model.pt").exists()
     UDAUNet(spatial_dims=2, out_channels=2).load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
 
 
@@ -144,5 +174,6 @@ def test_metadata_and_files():
                        capture_output=True, text=True)
     assert r.returncode == 0 and "verified with no error" in (r.stdout + r.stderr), r.stderr[-2000:]
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/adapt.json", "configs/evaluate.json",
-                 "configs/inference.json", "configs/inference_uncertainty.json"):
+                 "configs/inference.json", "configs/inference_uncertainty.json", "configs/adapt_selftrain.json",
+                 "configs/adapt_mcdropout.json"):
         assert (d / name).is_file(), name

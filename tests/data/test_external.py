@@ -337,3 +337,19 @@ def test_crossmoda_target_without_labels(tmp_path):
     assert len(dl["target_training"]) == 3 and dl["target_test"] == [] and dl["oracle_training"] == []
     assert "no labels" in dl["notes"][0]
     assert dl["labels"] == {"0": "background", "1": "vestibular_schwannoma", "2": "cochlea"}
+
+
+def test_manifests_dir_prefers_env_then_repository_then_packaged_copy(tmp_path, monkeypatch):
+    """A checkout uses ``<repo>/data_manifests``; a regular install its packaged ``monai_uda/_data_manifests``."""
+    import monai_uda.data.external as external
+
+    monkeypatch.delenv(MANIFESTS_ENV, raising=False)
+    package = tmp_path / "site" / "monai_uda"
+    monkeypatch.setattr(external, "__file__", str(package / "data" / "external.py"))
+    assert manifests_dir() == tmp_path / "site" / "data_manifests"  # nothing there: the expected repository path
+    (package / "_data_manifests").mkdir(parents=True)
+    assert manifests_dir() == package / "_data_manifests"
+    (tmp_path / "site" / "data_manifests").mkdir()
+    assert manifests_dir() == tmp_path / "site" / "data_manifests"
+    monkeypatch.setenv(MANIFESTS_ENV, str(tmp_path / "mine"))
+    assert manifests_dir() == tmp_path / "mine"

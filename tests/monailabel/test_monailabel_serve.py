@@ -517,7 +517,7 @@ def test_every_method_bundle_serves_its_adapted_model(name, studies, tiny_demo_2
     """Each method bundle, adapted by its own configs on the tiny demo pair, served by MONAI Label:
     /info lists it as a 2D segmentation model and /infer returns what its own inference.json writes."""
     from monai_uda.bundle import run_bundle
-    from monai_uda.bundle.source import ensure_source_checkpoint
+    from monai_uda.bundle.stages import resolve_source_checkpoint
 
     steps, ckpt = METHOD_BUNDLES[name]
     b = tmp_path / name
@@ -525,8 +525,8 @@ def test_every_method_bundle_serves_its_adapted_model(name, studies, tiny_demo_2
     source = None
     for configs, extra in steps:
         if extra.get("source_checkpoint") == "SOURCE":
-            source = source or ensure_source_checkpoint(
-                tiny_demo_2d, str(tmp_path / "source"), max_epochs=1, epoch_length=2, batch_size=1,
+            source = source or resolve_source_checkpoint(
+                None, str(tmp_path / "source"), datalist=tiny_demo_2d, max_epochs=1, epoch_length=2, batch_size=1,
                 num_samples=1, roi_size=[32, 32], validate_during_training=False)
             extra = dict(extra, source_checkpoint=source)
         run_bundle(name, configs, datalist=tiny_demo_2d, bundle_root=str(b), ckpt_dir=str(b / "models"),

@@ -1,0 +1,120 @@
+"""Earlier stages of a bundle run: "the stage's output, or run that stage first", and network checkpoints.
+
+Every bundle config that needs the product of an earlier stage (a source model, a stage-2 head, source
+forests, a trained enhancer) calls :func:`ensure_stage`; adaptation bundles get their source model from
+:func:`resolve_source_checkpoint`, so they run on the demo pair with no argument.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from monai_uda.utils import atomic_json, atomic_torch_save
+
+__all__ = ["ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "save_network", "load_network"]
+
+logger = logging.getLogger(__name__)
+
+#: a short source training, enough for the demo pair; real work passes its own checkpoint
+DEMO_SOURCE_BUDGET = {"max_epochs": 8, "epoch_length": 10, "batch_size": 4, "num_samples": 2,
+                      "validate_during_training": False}
+
+
+def _stage_record(path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.stage.json")
+
+
+def _stage_key(bundle: str, configs: Sequence[str], overrides: Mapping[str, Any]) -> Any:
+    return json.loads(json.dumps({"bundle": bundle, "configs": list(configs), "overrides": dict(overrides)},
+                                 default=str, sort_keys=True))
+
+
+def ensure_stage(
+    path: str,
+    bundle: str,
+    config: str | Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+    workflow_type: str | None = "train",
+    rerun_if_changed: bool = False,
+) -> str:
+    """``path`` if it exists, else run ``config`` of ``bundle`` with ``overrides`` to produce it; returns ``path``.
+
+    Args:
+        path: the stage's product (a checkpoint, a forest file).
+        bundle: the bundle folder name (``source_segmentation``, ``shallow2deep_segmentation``...).
+        config: the config file(s) of the stage, layered in order.
+        overrides: config overrides of the stage run.
+        workflow_type: passed to ``ConfigWorkflow`` (None for configs that are neither train nor infer).
+        rerun_if_changed: the settings of a run are recorded next to ``path``; when ``path`` exists but
+            was made with other settings, run the stage again (without a record, ``path`` is reused).
+
+    Raises:
+        FileNotFoundError: the stage finished without writing ``path``.
+    """
+    path = os.fspath(path)
+    configs = [config] if isinstance(config, str) else list(config)
+    overrides = dict(overrides or {})
+    key = _stage_key(bundle, configs, overrides)
+    record = _stage_record(path)
+    if os.path.isfile(path):
+        if not (rerun_if_changed and os.path.isfile(record)):
+            return path
+        with open(record) as f:
+            if json.load(f) == key:
+                logger.info("reusing %s (same settings)", path)
+                return path
+        logger.warning("%s was made with other settings: running %s %s again", path, bundle, configs)
+    from .run import run_bundle
+
+    logger.info("%s not found: running %s %s to create it", path, bundle, configs)
+    run_bundle(bundle, configs, workflow_type=workflow_type, **overrides)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"running bundle {bundle!r} {configs} did not write the expected file {path}.")
+    atomic_json(key, record)
+    return path
+
+
+def resolve_source_checkpoint(checkpoint: str | None, out_dir: str, **overrides: Any) -> str:
+    """The source model to adapt: ``checkpoint`` if given, else ``out_dir/model.pt`` of the ``source_segmentation`` bundle.
+
+    Without ``checkpoint``, the source bundle's ``train.json`` is run with ``overrides`` (datalist, budget,
+    seed, device...); the result is reused while the overrides are unchanged and retrained otherwise.
+    Adaptation bundles call this so that they run on the demo pair with no argument; for real data,
+    train with ``bundles/source_segmentation`` (or bring your own ``UDAUNet`` weights) and pass
+    ``--source_checkpoint``.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` is given but does not exist.
+    """
+    if checkpoint:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"source_checkpoint not found: {checkpoint}")
+        return str(checkpoint)
+    overrides = {"ckpt_dir": out_dir, "output_dir": out_dir, **overrides}
+    return ensure_stage(os.path.join(out_dir, "model.pt"), "source_segmentation", "train.json", overrides,
+                        rerun_if_changed=True)
+
+
+def load_network(network: torch.nn.Module, path: str, device: Any = "cpu") -> torch.nn.Module:
+    """Load a state dict (a plain one, or ``{"model": ...}``) into ``network``; errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        raise RuntimeError(f"{path} does not fit {type(network).__name__}: {e}") from e
+    return network
+
+
+def save_network(network: torch.nn.Module, path: str) -> str:
+    """Save ``network.state_dict()`` atomically (temp file + ``os.replace``)."""
+    net = network.module if hasattr(network, "module") else network
+    return atomic_torch_save(net.state_dict(), path)

@@ -1,0 +1,78 @@
+"""The benchmark runs each method through its bundle's configs: a value changed in the bundle (its config
+file, or an override) is what the benchmark row runs with."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from monai_uda.benchmarks.runner import run_benchmark
+from monai_uda.bundle import bundles_root
+from monai_uda.cli import build_parser, _overrides
+
+
+@pytest.fixture
+def tiny_budget(monkeypatch):
+    from monai_uda.benchmarks import runner
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=1, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+
+
+def _bn_stats(path):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.cat([v.flatten() for k, v in state.items() if k.endswith("running_mean")])
+
+
+def _row(out, method):
+    df = pd.read_csv(out / "results.csv")
+    return df[df.method == method].iloc[0]
+
+
+def test_row_follows_a_benchmark_override(tmp_path, tiny_demo_2d, tiny_budget, one_thread):
+    default = tmp_path / "default"
+    run_benchmark(tiny_demo_2d, ["source", "bn"], str(default), mode="quick", progress=False)
+    assert _row(default, "bn")["bn_mode"] == "reset"  # the bundle's adapt.json default
+    changed = tmp_path / "changed"
+    run_benchmark(tiny_demo_2d, ["source", "bn"], str(changed), mode="quick", progress=False,
+                  overrides={"bn": {"mode": "ema", "alpha": 0.5}})
+    row = _row(changed, "bn")
+    assert row["bn_mode"] == "ema" and row["bn_alpha"] == 0.5
+    # same source model (same seed), other statistics: the override reached the re-estimation itself
+    assert torch.equal(_bn_stats(default / "seed0" / "source" / "model.pt"),
+                       _bn_stats(changed / "seed0" / "source" / "model.pt"))
+    assert not torch.allclose(_bn_stats(default / "seed0" / "bn" / "model.pt"),
+                              _bn_stats(changed / "seed0" / "bn" / "model.pt"))
+    assert "overrides {'bn': {'mode': 'ema', 'alpha': 0.5}}" in (changed / "results.md").read_text()
+
+
+def test_row_follows_an_edited_bundle_config(tmp_path, tiny_demo_2d, tiny_budget, one_thread, monkeypatch):
+    copy = tmp_path / "bundles"
+    shutil.copytree(bundles_root(), copy, ignore=shutil.ignore_patterns("models", "eval", "demo_data"))
+    cfg = copy / "bn_reestimation_segmentation" / "configs" / "adapt.json"
+    config = json.loads(cfg.read_text())
+    assert config["alpha"] != 0.25
+    config.update(mode="ema", alpha=0.25)
+    cfg.write_text(json.dumps(config, indent=4))
+    monkeypatch.setenv("MONAI_UDA_BUNDLES", str(copy))
+    out = tmp_path / "edited"
+    run_benchmark(tiny_demo_2d, ["source", "bn"], str(out), mode="quick", progress=False)
+    row = _row(out, "bn")
+    assert row["bn_mode"] == "ema" and row["bn_alpha"] == 0.25
+
+
+def test_unknown_method_in_overrides_is_refused(tmp_path, tiny_demo_2d):
+    with pytest.raises(KeyError, match="nosuchmethod"):
+        run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), overrides={"nosuchmethod": {"x": 1}}, progress=False)
+
+
+def test_cli_override_parsing():
+    a = build_parser().parse_args(["benchmark", "--out", "x", "--override", "bn:mode=ema",
+                                   "--override", "bn:alpha=0.2", "--override", "s2d:roi_size=[64, 64]"])
+    assert _overrides(a.override) == {"bn": {"mode": "ema", "alpha": 0.2}, "s2d": {"roi_size": [64, 64]}}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["benchmark", "--out", "x", "--override", "mode=ema"])

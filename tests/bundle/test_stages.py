@@ -1,0 +1,58 @@
+"""``ensure_stage``: the one "earlier stage's output, or run that stage" helper of every bundle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monai_uda.bundle import stages
+from monai_uda.bundle.stages import ensure_stage, resolve_source_checkpoint
+
+
+def test_existing_output_is_reused_without_running(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"x")
+    assert ensure_stage(str(ckpt), "no_such_bundle", "train.json") == str(ckpt)  # nothing run
+
+
+def test_missing_output_runs_the_stage_and_names_the_bundle(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_bundle"):
+        ensure_stage(str(tmp_path / "absent.pt"), "no_such_bundle", "train.json")
+
+
+def test_rerun_if_changed_follows_the_recorded_settings(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(bundle, configs, workflow_type=None, **overrides):
+        calls.append((bundle, configs, workflow_type, overrides))
+        (tmp_path / "model.pt").write_text(json.dumps(overrides))
+
+    monkeypatch.setattr("monai_uda.bundle.run.run_bundle", fake_run)
+    path = str(tmp_path / "model.pt")
+    ensure_stage(path, "b", ["train.json"], {"seed": 0}, rerun_if_changed=True)
+    ensure_stage(path, "b", ["train.json"], {"seed": 0}, rerun_if_changed=True)  # same settings: reused
+    assert len(calls) == 1 and calls[0][2] == "train"
+    ensure_stage(path, "b", ["train.json"], {"seed": 1}, rerun_if_changed=True)  # other settings: run again
+    assert len(calls) == 2 and calls[1][3] == {"seed": 1}
+    ensure_stage(path, "b", ["train.json"], {"seed": 2})  # without the check the output is kept
+    assert len(calls) == 2
+
+
+def test_resolve_source_checkpoint(tmp_path, monkeypatch):
+    given = tmp_path / "given.pt"
+    given.write_bytes(b"x")
+    assert resolve_source_checkpoint(str(given), str(tmp_path / "unused")) == str(given)
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        resolve_source_checkpoint(str(tmp_path / "absent.pt"), str(tmp_path))
+    seen = {}
+
+    def fake_stage(path, bundle, config, overrides, workflow_type="train", rerun_if_changed=False):
+        seen.update(path=path, bundle=bundle, config=config, overrides=overrides, rerun=rerun_if_changed)
+        return path
+
+    monkeypatch.setattr(stages, "ensure_stage", fake_stage)
+    out = resolve_source_checkpoint(None, str(tmp_path / "src"), datalist="d.json", seed=3)
+    assert out == str(tmp_path / "src" / "model.pt") and seen["bundle"] == "source_segmentation"
+    assert seen["overrides"] == {"ckpt_dir": str(tmp_path / "src"), "output_dir": str(tmp_path / "src"),
+                                 "datalist": "d.json", "seed": 3} and seen["rerun"]
