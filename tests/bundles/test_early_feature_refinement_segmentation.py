@@ -5,8 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import torch
@@ -162,13 +160,9 @@ def test_cbst_configuration_3d(tmp_path, tiny_demo_3d):
     assert not (tmp_path / "models" / "model.pt").exists()  # the refinement's output is left alone
 
 
-def test_metadata_and_files():
+def test_metadata_and_files(verify_metadata):
     d = bundle_dir(BUNDLE)
-    schema = os.path.join(os.path.dirname(__file__), "..", "..", "monai_uda", "schemas", "meta_schema.json")
-    r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-                        str(d / "configs" / "metadata.json"), "--filepath", os.path.abspath(schema)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and "verified with no error" in (r.stdout + r.stderr), r.stderr[-2000:]
+    verify_metadata(BUNDLE)
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/train_head.json", "configs/adapt.json",
                  "configs/adapt_oneshot.json", "configs/evaluate.json", "configs/inference.json",
                  "configs/adapt_st.json", "configs/adapt_cbst.json"):

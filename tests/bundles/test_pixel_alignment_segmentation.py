@@ -5,8 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -161,13 +159,9 @@ def test_roi_option_crops_translated_pair(tmp_path, tiny_demo_2d):
             assert np.allclose(new.affine[:2, 3], old.affine[:2, :2] @ [old.shape[0] // 4, old.shape[1] // 4] + old.affine[:2, 3])
 
 
-def test_metadata_and_files():
+def test_metadata_and_files(verify_metadata):
     d = bundle_dir(BUNDLE)
-    schema = os.path.join(os.path.dirname(__file__), "..", "..", "monai_uda", "schemas", "meta_schema.json")
-    r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-                        str(d / "configs" / "metadata.json"), "--filepath", os.path.abspath(schema)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and "verified with no error" in (r.stdout + r.stderr), r.stderr[-2000:]
+    verify_metadata(BUNDLE)
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/train_translation.json",
                  "configs/translate.json", "configs/train.json", "configs/self_train.json", "configs/evaluate.json",
                  "configs/inference.json"):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -83,12 +81,8 @@ def test_bad_datalist_error_names_file(tmp_path):
     assert any("datalist file not found" in m and "nope.json" in m for m in chain), chain
 
 
-def test_metadata_and_network_checks():
+def test_metadata_and_network_checks(verify_metadata):
     d = bundle_dir(BUNDLE)
-    schema = os.path.join(os.path.dirname(__file__), "..", "..", "monai_uda", "schemas", "meta_schema.json")
-    r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-                        str(d / "configs" / "metadata.json"), "--filepath", os.path.abspath(schema)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and "verified with no error" in (r.stdout + r.stderr), r.stderr[-2000:]
+    verify_metadata(BUNDLE)
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/multi_gpu_train.json"):
         assert (d / name).is_file(), name

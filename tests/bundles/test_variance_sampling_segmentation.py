@@ -5,8 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -166,13 +164,9 @@ def test_errors_name_the_argument(tmp_path, tiny_demo_2d, source_2d):
     assert split_epochs(5, 3) == [2, 2, 1]
 
 
-def test_metadata_and_files():
+def test_metadata_and_files(verify_metadata):
     d = bundle_dir(BUNDLE)
-    schema = os.path.join(os.path.dirname(__file__), "..", "..", "monai_uda", "schemas", "meta_schema.json")
-    r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-                        str(d / "configs" / "metadata.json"), "--filepath", os.path.abspath(schema)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and "verified with no error" in (r.stdout + r.stderr), r.stderr[-2000:]
+    verify_metadata(BUNDLE)
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/adapt.json", "configs/evaluate.json",
                  "configs/inference.json", "configs/inference_uncertainty.json", "configs/adapt_selftrain.json",
                  "configs/adapt_mcdropout.json"):
