@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Sequence
 
+from monai_uda.utils import FolderLockedError
+
 __all__ = ["main"]
 
 
@@ -33,7 +35,6 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from monai_uda.benchmarks.runner import run_benchmark
     from monai_uda.data.demo import ensure_demo_datalist
 
-    _quiet_engines()
     print(f"monai-uda demo: generating the embedded demo pair in {a.out}/data "
           "(MNI152 anatomy shipped by nilearn, SIMULATED scanner shift; no download)", flush=True)
     dl = ensure_demo_datalist(os.path.join(a.out, "data"), spatial_dims=a.spatial_dims, seed=0)
@@ -45,7 +46,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     else:
         methods = [m for m in DEMO_METHODS if m in registered]
     df = run_benchmark(dl, methods, a.out, mode="quick" if a.quick else "demo", seeds=a.seeds, device=a.device,
-                       amp=a.amp)
+                       amp=a.amp, verbose=a.verbose)
     _print_summary(df, a.out)
     return 0
 
@@ -82,7 +83,6 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     from monai_uda.benchmarks.runner import run_benchmark
     from monai_uda.data import build_pair_datalist
 
-    _quiet_engines()
     os.makedirs(a.out, exist_ok=True)
     if a.datalist:
         dl = a.datalist
@@ -92,7 +92,8 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     else:
         raise SystemExit("benchmark needs --pair (with --data-root) or --datalist")
     df = run_benchmark(dl, _methods(a.methods), a.out, mode="quick" if a.quick else "full", seeds=a.seeds,
-                       device=a.device, amp=a.amp, resume=a.resume, overrides=_overrides(a.override))
+                       device=a.device, amp=a.amp, resume=a.resume, overrides=_overrides(a.override),
+                       verbose=a.verbose)
     _print_summary(df, a.out)
     return 0
 
@@ -129,7 +130,6 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_shift(a: argparse.Namespace) -> int:
-    import torch
     from monai.data import DataLoader, Dataset
 
     from monai_uda.methods.bn_reestimation.shift_report import format_table, shift_report
@@ -137,11 +137,9 @@ def cmd_shift(a: argparse.Namespace) -> int:
     from monai_uda.networks import UDAUNet
     from monai_uda.transforms import segmentation_transforms
 
-    if not os.path.isfile(a.model):
-        raise FileNotFoundError(f"model checkpoint not found: {a.model}")
-    net = UDAUNet(a.spatial_dims, a.in_channels, a.num_classes)
-    state = torch.load(a.model, map_location="cpu", weights_only=True)
-    net.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+    from monai_uda.bundle.stages import load_network
+
+    net = load_network(UDAUNet(a.spatial_dims, a.in_channels, a.num_classes), a.model)
     xform = segmentation_transforms("infer", spatial_dims=a.spatial_dims, in_channels=a.in_channels)
 
     def loader(spec, key):
@@ -156,74 +154,100 @@ def cmd_shift(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monai-uda", description="Unsupervised domain adaptation for MONAI segmentation")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and engine logs instead of one-line errors")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("demo", help="run source-only, oracle and every method on the embedded demo pair")
-    d.add_argument("--out", default="results/demo")
-    d.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
+    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=f"example: {example}",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def run_options(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each one trains and adapts anew")
+        c.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+        c.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+        c.add_argument("-v", "--verbose", action="store_true", help="also show every training/adaptation progress bar")
+
+    d = command("demo", "run source-only, oracle and one method per family on the embedded demo pair "
+                "(a simulated scanner shift)", "monai-uda demo --methods source,oracle,bn")
+    d.add_argument("--out", default="results/demo", help="output folder (data, models, results.csv/md/png)")
+    d.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3), help="2D slices or 3D volumes")
     d.add_argument("--methods", default="",
-                   help=f"comma-separated, or 'all' (default: one per family, {','.join(DEMO_METHODS)})")
+                   help=f"comma-separated, or 'all' (empty: one per family, {','.join(DEMO_METHODS)})")
     d.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
-    d.add_argument("--seeds", type=int, nargs="+", default=[0])
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--amp", action="store_true")
+    run_options(d)
     d.set_defaults(fn=cmd_demo)
 
-    dl = sub.add_parser("datalist", help="write the UDA datalist of a real pair (A1, B2, C1, D1)")
-    dl.add_argument("--pair", required=True)
-    dl.add_argument("--data-root", default=None, help="folder holding the shared data (default ../shared/data)")
-    dl.add_argument("--out", required=True)
+    dl = command("datalist", "write the UDA datalist of a real pair (A1, B2, C1, D1)",
+                 "monai-uda datalist --pair A1 --data-root ../shared/data --out A1.json")
+    dl.add_argument("--pair", required=True, help="A1, B2, C1 or D1")
+    dl.add_argument("--data-root", default=None, help="folder holding the shared data (None: ../shared/data)")
+    dl.add_argument("--out", required=True, help="the datalist JSON to write")
     dl.set_defaults(fn=cmd_datalist)
 
-    v = sub.add_parser("validate", help="validate a UDA datalist (every file opened and checked)")
-    v.add_argument("datalist")
-    v.add_argument("--dataset-dir", default=None)
+    v = command("validate", "validate a UDA datalist: every file opened, dimensions, channels and labels checked",
+                "monai-uda validate A1.json")
+    v.add_argument("datalist", help="the datalist JSON")
+    v.add_argument("--dataset-dir", default=None, help="folder of relative paths (None: the datalist's folder)")
     v.set_defaults(fn=cmd_validate)
 
-    b = sub.add_parser("benchmark", help="train/adapt and evaluate methods on a pair")
-    b.add_argument("--pair", default=None)
-    b.add_argument("--data-root", default=None)
+    b = command("benchmark", "train/adapt and evaluate methods on a pair, each through its bundle",
+                "monai-uda benchmark --pair A1 --data-root ../shared/data --methods source,oracle,bn --out results/A1")
+    b.add_argument("--pair", default=None, help="a real pair (A1, B2, C1, D1), with --data-root")
+    b.add_argument("--data-root", default=None, help="folder holding the shared data (None: ../shared/data)")
     b.add_argument("--datalist", default=None, help="use this datalist instead of --pair")
-    b.add_argument("--methods", default="source,oracle")
-    b.add_argument("--out", required=True)
+    b.add_argument("--methods", default="source,oracle", help="comma-separated method names")
+    b.add_argument("--out", required=True, help="output folder (one writer at a time)")
     b.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores (CI); default is the full mode")
-    b.add_argument("--seeds", type=int, nargs="+", default=[0])
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    run_options(b)
     b.add_argument("--resume", action="store_true",
                    help="keep finished (method, seed) results and the trained source model in --out")
     b.add_argument("--override", action="append", default=[], metavar="METHOD:KEY=VALUE", type=_override_item,
                    help="override a config item of a method's bundle runs (repeatable), e.g. bn:mode=ema")
     b.set_defaults(fn=cmd_benchmark)
 
-    r = sub.add_parser("report", help="one markdown table from several benchmark output folders")
-    r.add_argument("dirs", nargs="+")
+    r = command("report", "one markdown table from several benchmark output folders",
+                "monai-uda report results/A1 results/B2")
+    r.add_argument("dirs", nargs="+", help="benchmark output folders (each with results.csv)")
     r.set_defaults(fn=cmd_report)
 
-    s = sub.add_parser("shift", help="per-layer target-normalised W2 feature shift between two image sets")
+    s = command("shift", "per-layer target-normalised W2 feature shift between two image sets (Stenger et al.)",
+                "monai-uda shift --model models/model.pt --source A1.json --target A1.json")
     s.add_argument("--model", required=True, help="checkpoint (model.pt) of a UDAUNet")
     s.add_argument("--source", required=True, help="datalist JSON, folder or glob of source images")
     s.add_argument("--target", required=True, help="datalist JSON, folder or glob of target images")
-    s.add_argument("--out", default="results/shift")
-    s.add_argument("--spatial-dims", type=int, default=2)
-    s.add_argument("--in-channels", type=int, default=1)
-    s.add_argument("--num-classes", type=int, default=2)
-    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--out", default="results/shift", help="output folder (shift.csv, shift.png)")
+    s.add_argument("--spatial-dims", type=int, default=2, help="of the model and images")
+    s.add_argument("--in-channels", type=int, default=1, help="of the model")
+    s.add_argument("--num-classes", type=int, default=2, help="of the model")
+    s.add_argument("--limit", type=int, default=None, help="use at most this many images of each set")
     s.set_defaults(fn=cmd_shift)
     return p
 
 
+#: errors whose message already says what is wrong and where (a file, a key): shown as one line
+USER_ERRORS = (OSError, KeyError, ValueError, FolderLockedError)
+
+
+def error_line(e: BaseException) -> str:
+    """One line for a known error: its message (KeyError's without the quotes repr adds), else its type."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    msg = " ".join(str(msg).split()) or type(e).__name__
+    if isinstance(e, PermissionError) and e.filename:
+        msg = f"no permission to write {e.filename}: choose a writable --out folder"
+    return msg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        _quiet_engines()
     try:
         return int(args.fn(args) or 0)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        from monai_uda.data import DatalistError
-
-        if isinstance(e, (DatalistError, FileNotFoundError, KeyError)):
-            print(f"monai-uda {args.cmd}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"monai-uda {args.cmd}: error: {error_line(e)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-__all__ = ["IGNORE_INDEX", "atomic_write", "atomic_write_text", "atomic_json", "atomic_torch_save"]
+__all__ = ["IGNORE_INDEX", "atomic_write", "atomic_write_text", "atomic_json", "atomic_torch_save", "folder_lock",
+           "FolderLockedError"]
 
 #: label value of unlabelled / ignored pixels in pseudo-labels (every loss and pseudo-labeller uses this one)
 IGNORE_INDEX = 255
@@ -67,3 +69,37 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class FolderLockedError(RuntimeError):
+    """Another process is writing the same output folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[str]:
+    """Hold an exclusive lock on ``folder`` (``<folder>/.lock``, ``fcntl.flock``) while the block runs.
+
+    A second writer is refused at once with :class:`FolderLockedError` naming the folder and the holder's
+    process id. The operating system releases the lock when the holder exits, so a killed run leaves no
+    stale lock behind.
+    """
+    import fcntl
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FolderLockedError(f"{folder} is being written by another monai-uda run (pid {holder}); wait for it "
+                                "to finish or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

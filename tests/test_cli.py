@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -64,3 +65,80 @@ def test_quick_benchmark_on_real_pair(shared_data, tmp_path, capsys, pair):
     gap = df.loc[df.method == "oracle", "gap_closed"].iloc[0]
     assert gap == 1.0 if orc > src + 1e-8 else math.isnan(gap)  # (oracle - source) / (oracle - source)
     assert f"| source |" in capsys.readouterr().out  # the printed summary table
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_garbage_checkpoint_is_one_line_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    code = main(["shift", "--model", str(bad), "--source", str(tmp_path), "--target", str(tmp_path)])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "garbage.pt is not a PyTorch state dict" in line and "weights_only" not in line
+
+
+def test_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys):
+    import torch
+
+    from monai_uda.networks import UDAUNet
+
+    path = tmp_path / "3d.pt"
+    torch.save(UDAUNet(3, 1, 2).state_dict(), path)
+    code = main(["shift", "--model", str(path), "--spatial-dims", "2", "--source", str(tmp_path),
+                 "--target", str(tmp_path)])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "3d.pt does not fit UDAUNet" in line
+
+
+def test_second_benchmark_into_the_same_folder_is_refused(tiny_demo_2d, tmp_path, capsys):
+    from monai_uda.utils import folder_lock
+
+    with folder_lock(tmp_path):  # a run in progress
+        code = main(["benchmark", "--datalist", tiny_demo_2d, "--methods", "source", "--quick", "--out", str(tmp_path)])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "is being written by another monai-uda run" in line
+    assert not (tmp_path / "results.csv").exists() and not (tmp_path / "seed0").exists()
+
+
+def test_unwritable_output_folder_is_one_line(tiny_demo_2d, tmp_path, capsys, monkeypatch):
+    from monai_uda.benchmarks import runner
+
+    def read_only(folder):  # what os.open/makedirs raise in a folder the user may not write (CI runs as root)
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(runner, "folder_lock", read_only)
+    out = tmp_path / "ro"
+    code = main(["benchmark", "--datalist", tiny_demo_2d, "--methods", "source", "--quick", "--out", str(out)])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and f"no permission to write {out}: choose a writable --out folder" in line
+
+
+def test_misspelt_datalist_key_through_validate(tiny_demo_2d, tmp_path, capsys):
+    dl = json.loads(open(tiny_demo_2d).read())
+    dl["spatal_dims"] = dl.pop("spatial_dims")
+    p = tmp_path / "typo.json"
+    p.write_text(json.dumps(dl))
+    code = main(["validate", str(p), "--dataset-dir", os.path.dirname(tiny_demo_2d)])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "typo.json" in line and "'spatal_dims'; did you mean 'spatial_dims'?" in line
+
+
+@pytest.mark.parametrize("cmd", ["demo", "datalist", "validate", "benchmark", "report", "shift"])
+def test_every_subcommand_help_explains_its_options_with_an_example(cmd, capsys):
+    import argparse
+
+    from monai_uda.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main([cmd, "--help"])
+    out = capsys.readouterr().out
+    assert f"example: monai-uda {cmd}" in out
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
+    for action in sub._actions:
+        assert action.help, f"{cmd} {action.option_strings or action.dest} has no help text"
+        if action.option_strings and action.help != argparse.SUPPRESS and "-h" not in action.option_strings:
+            assert "(default:" in sub.format_help().split(action.option_strings[-1], 1)[1], action.dest

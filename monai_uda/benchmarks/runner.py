@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import time
 from typing import Any, Sequence
 
 import pandas as pd
 
 from monai_uda.evaluation.significance import ALPHA, paired_test
-from monai_uda.utils import atomic_write, atomic_write_text
+from monai_uda.utils import atomic_write, atomic_write_text, folder_lock
 
 from .methods import METHODS, MethodContext, get_method, load_methods, train_source
 
@@ -110,21 +111,26 @@ def run_benchmark(
     progress: bool = True,
     resume: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
+    verbose: bool = False,
 ) -> pd.DataFrame:
     """Run ``methods`` on the pair described by ``datalist`` and write the results to ``out``.
 
     With ``resume``, (method, seed) rows already in ``out/results.csv`` (or the partial file of an
-    interrupted run) are kept instead of re-run, and a finished source model of a seed is reused,
+    interrupted run, kept in ``out/.partial/``) are kept instead of re-run, and a finished source model of a seed is reused,
     so adding a method to a finished benchmark only runs that method.
+
+    Output: one progress bar (``progress``) and one line per finished (method, seed) row; ``verbose`` adds
+    every bundle run's own progress bars.
 
     ``overrides`` maps a method name to config overrides of its bundle runs (``{"bn": {"mode": "ema"}}``);
     they are applied last, over the budget (``"source"`` also changes the shared source model).
 
     Returns:
         the per-(method, seed) results table (also written as ``results.csv``).
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        FolderLockedError: another run is writing ``out``.
+    """
     from monai_uda.data import UDAData
 
     load_methods()
@@ -133,7 +139,19 @@ def run_benchmark(
     if unknown:
         raise KeyError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
     uda = UDAData(datalist)  # validate once, deeply, before any training
-    os.makedirs(out, exist_ok=True)
+    with folder_lock(out):  # a second run into the same folder is refused, not raced
+        return _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progress, resume, overrides,
+                    verbose)
+
+
+#: rows finished so far by an unfinished run (what ``--resume`` continues from); hidden: not a result
+PARTIAL_DIR = ".partial"
+
+
+def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progress, resume, overrides,
+         verbose) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
     budget = budget_for(mode, uda.spatial_dims, roi_size)
     rows = []
     images: list[pd.DataFrame] = []
@@ -150,7 +168,7 @@ def run_benchmark(
                 cache["source"] = finished
             if "source" not in cache:
                 t = time.time()
-                cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp, progress,
+                cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp, verbose,
                                                              overrides=overrides.get("source", {})))
                 cache["source_seconds"] = time.time() - t
             return cache["source"]
@@ -163,7 +181,7 @@ def run_benchmark(
                     images.append(done_images[(done_images.method == method) & (done_images.seed == seed)])
                 bar.update(1)
                 continue
-            ctx = MethodContext(datalist, workdir, seed, budget, device, amp, progress, _source=source,
+            ctx = MethodContext(datalist, workdir, seed, budget, device, amp, verbose, _source=source,
                                 overrides=overrides.get(method, {}))
             t, cpu = time.time(), _cpu_seconds()
             res = get_method(method)(ctx)
@@ -177,9 +195,13 @@ def run_benchmark(
                          "eval_seconds": round(eval_seconds, 1), "wall_seconds": round(seconds + eval_seconds, 1),
                          "cpu_seconds": round(_cpu_seconds() - cpu, 1), **machine(), **res.extra})
             images.append(per_image.assign(pair=uda.name, method=method, seed=seed))
+            if progress:
+                bar.write(f"{uda.name} {method} seed {seed}: Dice {metrics.get('dice', float('nan')):.3f}, "
+                          f"{seconds + eval_seconds:.0f} s")
             bar.update(1)
-            pd.DataFrame(rows).to_csv(os.path.join(out, "results.partial.csv"), index=False)
-            pd.concat(images, ignore_index=True).to_csv(os.path.join(out, "per_image.partial.csv"), index=False)
+            atomic_write_text(os.path.join(out, PARTIAL_DIR, "results.csv"), pd.DataFrame(rows).to_csv(index=False))
+            atomic_write_text(os.path.join(out, PARTIAL_DIR, "per_image.csv"),
+                              pd.concat(images, ignore_index=True).to_csv(index=False))
     bar.close()
     df = pd.DataFrame(rows)
     if "dice" in df:
@@ -194,7 +216,8 @@ def run_benchmark(
             "datalist": os.path.abspath(datalist), **({"overrides": overrides} if overrides else {})}
     atomic_write_text(os.path.join(out, "results.md"), markdown_table(df, meta, per_image))
     plot_results(df, os.path.join(out, "results.png"), title=f"{uda.name} ({mode}, {device})")
-    for name in ("results.partial.csv", "per_image.partial.csv"):
+    shutil.rmtree(os.path.join(out, PARTIAL_DIR), ignore_errors=True)
+    for name in ("results.partial.csv", "per_image.partial.csv"):  # written by earlier versions
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
     return df
@@ -212,14 +235,15 @@ def _per_image_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _previous_rows(out: str) -> tuple[dict[tuple[str, int], dict[str, Any]], pd.DataFrame | None]:
     """Finished rows of an earlier run in ``out`` (and their per-image results, when they were kept)."""
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for name in ("results.csv", "results.partial.csv"):
+    for name in ("results.csv", "results.partial.csv", os.path.join(PARTIAL_DIR, "results.csv")):
         p = os.path.join(out, name)
         if os.path.isfile(p):
             for r in pd.read_csv(p).to_dict("records"):
                 r.pop("gap_closed", None)
                 r.pop("dice_loss", None)
                 rows[(r["method"], int(r["seed"]))] = r
-    frames = [pd.read_csv(os.path.join(out, n)) for n in ("per_image.csv", "per_image.partial.csv")
+    frames = [pd.read_csv(os.path.join(out, n))
+              for n in ("per_image.csv", "per_image.partial.csv", os.path.join(PARTIAL_DIR, "per_image.csv"))
               if os.path.isfile(os.path.join(out, n))]
     images = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "seed", "name"], keep="last") \
         if frames else None

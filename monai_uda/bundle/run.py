@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as _logging
 import os
 from typing import Any, Sequence
 
@@ -10,6 +11,16 @@ from monai.bundle import ConfigWorkflow
 from .locate import bundle_dir
 
 __all__ = ["run_bundle"]
+
+
+class _NoLoggingFileNotice(_logging.Filter):
+    """Drop MONAI's "Logging file is set to False" warning: from Python, no logging file is the intent."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("Logging file is set to False")
+
+
+_logging.getLogger("monai.bundle.workflows").addFilter(_NoLoggingFileNotice())
 
 
 def run_bundle(name: str, config: str | Sequence[str], workflow_type: str | None = "train",

@@ -16,7 +16,8 @@ import torch
 
 from monai_uda.utils import atomic_json, atomic_torch_save
 
-__all__ = ["ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "save_network", "load_network"]
+__all__ = ["ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "save_network", "load_network",
+           "load_state_dict", "CheckpointError"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +101,38 @@ def resolve_source_checkpoint(checkpoint: str | None, out_dir: str, **overrides:
                         rerun_if_changed=True)
 
 
-def load_network(network: torch.nn.Module, path: str, device: Any = "cpu") -> torch.nn.Module:
-    """Load a state dict (a plain one, or ``{"model": ...}``) into ``network``; errors name the file."""
+class CheckpointError(ValueError):
+    """A checkpoint file is not a state dict, or not one of this network; the message names the file."""
+
+
+def load_state_dict(path: str, device: Any = "cpu") -> dict:
+    """The state dict in ``path`` (a plain one, or MONAI's ``{"model": ...}``); one-line errors name the file."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # garbage, truncated, or a pickle of arbitrary objects (torch's hint would mislead)
+        raise CheckpointError(f"{path} is not a PyTorch state dict ({type(e).__name__}); pass a model.pt written "
+                              "by a monai-uda bundle") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict; pass a model.pt written by "
+                              "a monai-uda bundle")
+    return state
+
+
+def load_network(network: torch.nn.Module, path: str, device: Any = "cpu") -> torch.nn.Module:
+    """Load a state dict (a plain one, or ``{"model": ...}``) into ``network``; errors name the file."""
+    state = load_state_dict(path, device)
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
-        raise RuntimeError(f"{path} does not fit {type(network).__name__}: {e}") from e
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
+        raise CheckpointError(f"{path} does not fit {type(network).__name__} (another architecture, spatial_dims or "
+                              f"channel count?): {detail[:200]}") from None
     return network
 
 

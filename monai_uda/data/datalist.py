@@ -47,6 +47,12 @@ __all__ = [
 LABELLED_KEYS = ("source_training", "source_validation", "target_test", "oracle_training")
 ALL_KEYS = ("source_training", "source_validation", "target_training", "target_test", "oracle_training")
 REQUIRED_KEYS = ("source_training", "target_training", "target_test")
+#: the other top-level keys monai-uda reads or writes (anything else is reported, with the nearest valid name)
+OPTIONAL_KEYS = ("name", "description", "spatial_dims", "in_channels", "labels", "label_map", "binarize", "setting",
+                 "surface_tolerance", "spacing_unit", "pixdim", "base_dir", "notes", "demo_version", "roi_fractions",
+                 "translated_from", "manifest", "source", "target", "seed")
+#: keys of a list entry
+ITEM_KEYS = ("image", "label", "spacing", "name", "id", "domain", "weight", "pseudo_label_round")
 
 
 class DatalistError(ValueError):
@@ -104,10 +110,42 @@ def _declared_values(dl: Mapping[str, Any]) -> set[int] | None:
     return allowed
 
 
+def _unknown_keys(where: str, keys: Any, known: tuple[str, ...]) -> None:
+    """A key close to a known one is a typo: refuse it, naming the nearest valid key; others are warned about."""
+    import difflib
+    import warnings
+
+    for k in keys:
+        if k in known:
+            continue
+        near = difflib.get_close_matches(str(k), known, n=1, cutoff=0.75)
+        if near:
+            raise DatalistError(f"{where}: unknown key {k!r}; did you mean {near[0]!r}?")
+        warnings.warn(f"{where}: unknown key {k!r} is ignored (known keys: {', '.join(known)})", stacklevel=3)
+
+
+def _check_dims(dl: Mapping[str, Any], where: str, path: str, img: np.ndarray) -> None:
+    """The image's dimensionality and channels must fit the declared ``spatial_dims`` and ``in_channels``.
+
+    2D: (H, W) or (H, W, C) with C in {1, 3, 4} (grey, RGB, RGBA: the pipeline converts RGB(A) <-> grey) or
+    C == in_channels; 3D: (X, Y, Z) or (X, Y, Z, C) with C == in_channels.
+    """
+    dims, channels = int(dl.get("spatial_dims", 2)), int(dl.get("in_channels", 1))
+    ok_channels = {channels} | ({1, 3, 4} if channels in (1, 3) else set())
+    if img.ndim == dims or (img.ndim == dims + 1 and img.shape[-1] in (ok_channels if dims == 2 else {channels})):
+        return
+    if img.ndim == dims + 1 and img.shape[-1] <= 4:
+        raise DatalistError(f"{where}: {path} has {img.shape[-1]} channels (shape {tuple(img.shape)}) but the "
+                            f"datalist declares in_channels {channels}")
+    raise DatalistError(f"{where}: {path} is {img.ndim}-dimensional (shape {tuple(img.shape)}) but the datalist "
+                        f"declares spatial_dims {dims}")
+
+
 def _check_entry(dl: Mapping[str, Any], key: str, i: int, item: Mapping[str, Any], deep: bool) -> None:
     where = f"{key}[{i}]"
     if not isinstance(item, Mapping) or "image" not in item:
         raise DatalistError(f"{where}: entry must be a dict with an 'image' path, got {item!r}")
+    _unknown_keys(where, item, ITEM_KEYS)
     if key == "target_training" and "label" in item:
         raise DatalistError(
             f"{where}: target_training must not carry labels (target labels are for evaluation only; "
@@ -123,6 +161,7 @@ def _check_entry(dl: Mapping[str, Any], key: str, i: int, item: Mapping[str, Any
     if not deep:
         return
     img, img_sp = _read(where, img_path)
+    _check_dims(dl, where, img_path, img)
     if not np.all(np.isfinite(img.astype(np.float64, copy=False))):
         raise DatalistError(f"{where}: image contains NaN or Inf values: {img_path}")
     if "label" not in item:
@@ -159,6 +198,7 @@ def validate_uda_datalist(dl: Mapping[str, Any], deep: bool = True) -> None:
         dl: the datalist dict with absolute paths (as returned by :func:`load_uda_datalist`).
         deep: also open every file (shape, spacing, NaN and label-value checks), not just check it exists.
     """
+    _unknown_keys("datalist", dl, ALL_KEYS + OPTIONAL_KEYS)
     if int(dl.get("spatial_dims", 2)) not in (2, 3):
         raise DatalistError(f"spatial_dims must be 2 or 3, got {dl.get('spatial_dims')!r}")
     for key in REQUIRED_KEYS:

@@ -40,6 +40,17 @@ def good(tmp_path):
     return dl, tmp_path
 
 
+def _as_3d(dl, tmp_path):
+    """The ``good`` datalist as a 3D one: every entry an 8^3 NIfTI volume (labels: zeros)."""
+    dl["spatial_dims"] = 3
+    for key in ("source_training", "source_validation", "target_training", "target_test"):
+        for i, item in enumerate(dl[key]):
+            item["image"] = _nii(tmp_path / f"{key}{i}.nii.gz", np.zeros((8, 8, 8), np.float32))
+            if "label" in item:
+                item["label"] = _nii(tmp_path / f"{key}{i}_seg.nii.gz", np.zeros((8, 8, 8), np.uint8))
+    return dl
+
+
 def _write(dl, tmp_path, name="dl.json"):
     return write_uda_datalist(dl, tmp_path / name)
 
@@ -96,7 +107,7 @@ def test_corrupt_nifti_named(good):
     raw = open(p, "rb").read()
     with open(p, "wb") as f:
         f.write(raw[: len(raw) // 2])  # truncated gzip
-    dl["spatial_dims"] = 3
+    _as_3d(dl, tmp)
     dl["target_training"][0]["image"] = p
     with pytest.raises(DatalistError, match="vol.nii.gz"):
         load_uda_datalist(_write(dl, tmp))
@@ -111,7 +122,7 @@ def test_shape_mismatch_named(good):
 
 def test_spacing_mismatch_named(good):
     dl, tmp = good
-    dl["spatial_dims"] = 3
+    _as_3d(dl, tmp)
     img = _nii(tmp / "a.nii.gz", np.zeros((8, 8, 8), np.float32), (1, 1, 1))
     lab = _nii(tmp / "a_seg.nii.gz", np.zeros((8, 8, 8), np.uint8), (2, 1, 1))
     dl["target_test"] = [{"image": img, "label": lab}]
@@ -123,7 +134,7 @@ def test_nan_image_named(good):
     dl, tmp = good
     arr = np.zeros((8, 8, 8), np.float32)
     arr[1, 2, 3] = np.nan
-    dl["spatial_dims"] = 3
+    _as_3d(dl, tmp)
     dl["target_training"] = [{"image": _nii(tmp / "nan.nii.gz", arr)}]
     with pytest.raises(DatalistError, match=r"NaN.*nan\.nii\.gz"):
         load_uda_datalist(_write(dl, tmp))
@@ -186,3 +197,44 @@ def test_write_is_atomic_and_keeps_old_file_on_failure(good, monkeypatch):
         write_uda_datalist({"x": 1}, p)
     assert open(p).read() == before
     assert os.listdir(tmp) and not [f for f in os.listdir(tmp) if f.startswith(".dl.json")]  # no temp file left
+
+
+def test_misspelt_key_is_refused_with_the_nearest_valid_name(good):
+    dl, tmp = good
+    dl["lable_map"] = {"2": 1}
+    with pytest.raises(DatalistError, match=r"unknown key 'lable_map'; did you mean 'label_map'\?"):
+        load_uda_datalist(_write(dl, tmp))
+    dl.pop("lable_map")
+    dl["target_test"][0]["lable"] = dl["target_test"][0].pop("label")
+    with pytest.raises(DatalistError, match=r"target_test\[0\]: unknown key 'lable'; did you mean 'label'\?"):
+        load_uda_datalist(_write(dl, tmp))
+
+
+def test_unrelated_unknown_key_is_reported_not_refused(good):
+    dl, tmp = good
+    dl["my_project_notes"] = "kept"
+    with pytest.warns(UserWarning, match="unknown key 'my_project_notes' is ignored"):
+        load_uda_datalist(_write(dl, tmp))
+
+
+def test_a_3d_volume_in_a_2d_datalist_is_refused_naming_the_file(good):
+    dl, tmp = good
+    dl["target_training"][0]["image"] = _nii(tmp / "vol.nii.gz", np.zeros((16, 16, 16), np.float32))
+    with pytest.raises(DatalistError, match=r"target_training\[0\]: .*vol\.nii\.gz is 3-dimensional .*spatial_dims 2"):
+        load_uda_datalist(_write(dl, tmp))
+    load_uda_datalist(_write(dl, tmp), deep=False)  # the shallow check only looks for the files
+
+
+def test_a_two_channel_png_is_refused_naming_the_file(good):
+    dl, tmp = good
+    two = Image.fromarray(np.zeros((32, 32, 2), np.uint8), mode="LA")
+    two.save(tmp / "la.png")
+    dl["source_training"][0]["image"] = str(tmp / "la.png")
+    with pytest.raises(DatalistError, match=r"source_training\[0\]: .*la\.png has 2 channels .*in_channels 1"):
+        load_uda_datalist(_write(dl, tmp))
+
+
+def test_rgb_images_fit_a_grey_datalist(good):
+    dl, tmp = good
+    dl["target_training"][0]["image"] = _png(tmp / "rgb.png", np.zeros((32, 32, 3), np.uint8))
+    assert load_uda_datalist(_write(dl, tmp))["target_training"][0]["image"].endswith("rgb.png")
