@@ -340,6 +340,9 @@ class RoundTrainer:
         decollate: the trainer's ``decollate``.
         progress: an ignite progress bar per round (rank 0).
         name: name in logs and progress bars.
+        seed: with a seed, every round starts with ``set_determinism(seed + round)``, so its data order, crops and
+            augmentation depend on the seed and the round alone: a run resumed after round ``r`` trains round
+            ``r + 1`` exactly as an uninterrupted run does. None: the global random state as it is.
 
     ``history`` holds one record per trained round: ``round``, ``epochs``, ``iterations`` and ``train_loss`` (the
     mean loss of the round's last epoch).
@@ -367,6 +370,7 @@ class RoundTrainer:
         decollate: bool = False,
         progress: bool = True,
         name: str = "self-training",
+        seed: int | None = None,
     ) -> None:
         if not (callable(optimizer) or isinstance(optimizer, torch.optim.Optimizer)):
             raise TypeError(
@@ -398,6 +402,7 @@ class RoundTrainer:
         self.labelled_transform = labelled_transform
         self.train_handlers = None if train_handlers is None else list(train_handlers)
         self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.seed = None if seed is None else int(seed)
         self.decollate = bool(decollate)
         self.progress = bool(progress)
         self.name = str(name)
@@ -440,6 +445,10 @@ class RoundTrainer:
         from monai.inferers import SimpleInferer
 
         epochs = self.epochs_of(round_index)
+        if self.seed is not None:  # each round's data order and crops depend on (seed, round) alone: resume is exact
+            from monai.utils import set_determinism
+
+            set_determinism(seed=self.seed + int(round_index))
         dataset = self._dataset(datalist)
         model = model.to(self.device)
         network, rank0 = model, True
@@ -448,7 +457,8 @@ class RoundTrainer:
 
             from monai_uda.distributed import get_rank, get_world_size, is_rank0, wrap_ddp
 
-            sampler = DistributedSampler(dataset, shuffle=True, even_divisible=True, seed=int(round_index),
+            sampler = DistributedSampler(dataset, shuffle=True, even_divisible=True,
+                                         seed=(self.seed or 0) + int(round_index),
                                          num_replicas=get_world_size(), rank=get_rank())
             loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
             network, rank0 = wrap_ddp(model, self.device), is_rank0()
@@ -670,7 +680,7 @@ class SelfTraining:
             "adapt_seconds": round(time.time() - t0, 3),
             "foreground_fraction": {r: v.get("foreground_fraction") for r, v in sorted(rounds.items())},
             "collapsed_rounds": [r for r, v in sorted(rounds.items()) if v.get("collapsed")],
-            "train_history": list(getattr(self.train_fn, "history", [])),
+            "train_history": [v["train"] for _, v in sorted(rounds.items()) if "train" in v],
             "checkpoint": self.checkpoint,
             "rounds_dir": self.output_dir,
         }
@@ -939,6 +949,9 @@ class PseudoLabelRounds:
         info = self._label_round(model, target_items, r)
         info["checkpoint"] = self._save_checkpoint(model, r)
         info["fresh_model"] = self.model_factory is not None and r > 0
+        trained = getattr(self.train_fn, "history", None)  # kept in the state, so a resumed run reports every round
+        if r > 0 and trained and trained[-1].get("round") == r:
+            info["train"] = dict(trained[-1])
         info["seconds"] = round(time.time() - t0, 3)
         state["rounds"][str(r)] = info
         state["completed"] = sorted(set(state["completed"]) | {r})

@@ -171,3 +171,34 @@ def test_metadata_and_files(verify_metadata):
                  "configs/inference.json", "configs/inference_uncertainty.json", "configs/adapt_selftrain.json",
                  "configs/adapt_mcdropout.json"):
         assert (d / name).is_file(), name
+
+
+def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_demo_2d, source_2d, monkeypatch):
+    """Killed during round 2 of 2 and resumed: the same weights and history as an uninterrupted run."""
+    from monai_uda.engines.self_training import RoundTrainer
+
+    whole = tmp_path / "whole"
+    run_bundle(BUNDLE, "adapt.json", **_ov(whole, tiny_demo_2d, source_2d))
+    crashed = tmp_path / "crashed"
+    real_call = RoundTrainer.__call__
+
+    def crash_in_round_2(self, model, datalist, round_index):
+        if round_index == 2:
+            raise KeyboardInterrupt("killed in round 2")
+        return real_call(self, model, datalist, round_index)
+
+    monkeypatch.setattr(RoundTrainer, "__call__", crash_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_bundle(BUNDLE, "adapt.json", **_ov(crashed, tiny_demo_2d, source_2d))
+    monkeypatch.setattr(RoundTrainer, "__call__", real_call)
+    assert _state(crashed)["completed"] == [0, 1]
+    wf = run_bundle(BUNDLE, "adapt.json", **_ov(crashed, tiny_demo_2d, source_2d))  # a new run resumes
+    assert [h["round"] for h in wf.parser.get_parsed_content("round_trainer").history] == [2]  # only round 2 ran
+    a = torch.load(whole / "models" / "model.pt", weights_only=True)
+    b = torch.load(crashed / "models" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for folder in (whole, crashed):
+        summary = json.loads((folder / "models" / "adapt_summary.json").read_text())
+        assert [h["round"] for h in summary["train_history"]] == [1, 2]
+    same = [json.loads((f / "models" / "adapt_summary.json").read_text())["train_history"] for f in (whole, crashed)]
+    assert same[0] == same[1]
