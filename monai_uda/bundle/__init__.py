@@ -4,8 +4,16 @@ from .. import distributed  # monai_uda.distributed (torch-only, cheap to import
 from .checkpoint import latest_checkpoint, resume_from
 from .locate import bundle_dir, bundles_root, locate_bundle_root
 from .run import run_bundle
-from .stages import DEMO_SOURCE_BUDGET, ensure_stage, load_network, resolve_source_checkpoint, save_network
+from .stages import (
+    DEMO_SOURCE_BUDGET,
+    check_source_checkpoint,
+    ensure_stage,
+    load_network,
+    resolve_source_checkpoint,
+    save_network,
+    write_model_card,
+)
 from .tracking import log_to_trackers
 
-__all__ = ["distributed", "latest_checkpoint", "resume_from", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network",
+__all__ = ["distributed", "latest_checkpoint", "resume_from", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint",
            "log_to_trackers"]

@@ -10,7 +10,58 @@ from monai.bundle import ConfigWorkflow
 
 from .locate import bundle_dir
 
-__all__ = ["run_bundle"]
+__all__ = ["run_bundle", "user_error", "install_one_line_errors"]
+
+#: errors whose message names what is wrong (a file, a key): a datalist, checkpoint or missing-file error,
+#: a locked output folder; found in the chain of MONAI's "Failed to evaluate ConfigExpression" wrappers
+USER_ERROR_TYPES: tuple[type, ...] = (OSError, KeyError, ValueError)
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The first error of ``e``'s cause/context chain that is a user error (see :data:`USER_ERROR_TYPES`)."""
+    from monai_uda.utils import FolderLockedError
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, USER_ERROR_TYPES + (FolderLockedError,)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def install_one_line_errors() -> None:
+    """Make ``python -m monai.bundle run`` print a user error as one line (``MONAI_UDA_DEBUG=1``: the traceback).
+
+    Called when a bundle config imports ``monai_uda.bundle`` inside MONAI's bundle command line; other
+    programs keep their exception hook.
+    """
+    import sys
+
+    if os.environ.get("MONAI_UDA_DEBUG") or getattr(sys.excepthook, "_monai_uda", False):
+        return
+    previous = sys.excepthook
+
+    def hook(etype, value, tb):
+        cause = user_error(value)
+        if cause is None:
+            return previous(etype, value, tb)
+        msg = " ".join(str(cause.args[0] if isinstance(cause, KeyError) and cause.args else cause).split())
+        print(f"monai.bundle run: error: {msg} (MONAI_UDA_DEBUG=1 shows the traceback)", file=sys.stderr)
+
+    hook._monai_uda = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def _in_bundle_cli() -> bool:
+    import sys
+
+    main = sys.modules.get("__main__")
+    return os.path.normpath(getattr(main, "__file__", "") or "").endswith(os.path.join("monai", "bundle", "__main__.py"))
+
+
+if _in_bundle_cli():
+    install_one_line_errors()
 
 
 class _NoLoggingFileNotice(_logging.Filter):
@@ -51,7 +102,13 @@ def run_bundle(name: str, config: str | Sequence[str], workflow_type: str | None
         workflow_type=workflow_type,
         **override,
     )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    try:
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    except RuntimeError as e:  # MONAI wraps errors of config expressions: hand the user's error on as it is
+        cause = user_error(e)
+        if cause is None or cause is e:
+            raise
+        raise cause from None
     return wf

@@ -17,7 +17,7 @@ import torch
 from monai_uda.utils import atomic_json, atomic_torch_save
 
 __all__ = ["ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "save_network", "load_network",
-           "load_state_dict", "CheckpointError"]
+           "load_state_dict", "CheckpointError", "write_model_card", "check_source_checkpoint", "model_card_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,64 @@ def load_state_dict(path: str, device: Any = "cpu") -> dict:
     return state
 
 
-def load_network(network: torch.nn.Module, path: str, device: Any = "cpu") -> torch.nn.Module:
-    """Load a state dict (a plain one, or ``{"model": ...}``) into ``network``; errors name the file."""
+def model_card_path(path: str) -> str:
+    """``models/model.pt`` -> ``models/model.card.json``: what a checkpoint was trained on."""
+    return os.path.splitext(os.fspath(path))[0] + ".card.json"
+
+
+def _images_fingerprint(uda: Any, key: str) -> str:
+    """A short hash of a split's image files (name and size): the same data in another folder matches."""
+    import hashlib
+
+    files = sorted((os.path.basename(it["image"]), os.path.getsize(it["image"])) for it in uda.split(key))
+    return hashlib.sha1(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def write_model_card(path: str, uda: Any, key: str = "source_training") -> str:
+    """Record next to checkpoint ``path`` what it was trained on: the datalist's name, the split ``key``, a
+    fingerprint of that split's images, spatial dims, channels and classes (see :func:`check_source_checkpoint`)."""
+    card = {"datalist": uda.name, "trained_on": key, "images": _images_fingerprint(uda, key),
+            "spatial_dims": uda.spatial_dims, "in_channels": uda.in_channels, "num_classes": uda.num_classes}
+    return atomic_json(card, model_card_path(path))
+
+
+def check_source_checkpoint(path: str, uda: Any) -> str:
+    """Refuse a source checkpoint that was not trained on this datalist's source images; returns ``path``.
+
+    Checkpoints without a card (``model.card.json``, written by the source bundle) are the user's own
+    weights and are taken as they are.
+
+    Raises:
+        CheckpointError: one line naming the checkpoint, what it was trained on and how to train the right one.
+    """
+    card_file = model_card_path(path)
+    if not os.path.isfile(card_file):
+        return path
+    with open(card_file) as f:
+        card = json.load(f)
+    problems = [f"its {k} is {card.get(k)}, this datalist's {getattr(uda, k)}"
+                for k in ("spatial_dims", "in_channels", "num_classes") if card.get(k) != getattr(uda, k)]
+    if card.get("trained_on") != "source_training":
+        problems.append(f"it was trained on {card.get('trained_on')}, not on source_training")
+    elif card.get("images") != _images_fingerprint(uda, "source_training"):
+        problems.append("its source images differ")
+    if problems:
+        raise CheckpointError(
+            f"{path} was trained on datalist {card.get('datalist')!r}, not on the source data of {uda.name!r} "
+            f"({'; '.join(problems)}): train a source model on this datalist (python -m monai.bundle run "
+            "--config_file bundles/source_segmentation/configs/train.json --datalist <your datalist>) and pass "
+            "its models/model.pt as --source_checkpoint")
+    return path
+
+
+def load_network(network: torch.nn.Module, path: str, device: Any = "cpu", uda: Any = None) -> torch.nn.Module:
+    """Load a state dict (a plain one, or ``{"model": ...}``) into ``network``; errors name the file.
+
+    With ``uda`` (the run's ``UDAData``), ``path`` is a source model and must have been trained on its source
+    images (:func:`check_source_checkpoint`).
+    """
+    if uda is not None:
+        check_source_checkpoint(path, uda)
     state = load_state_dict(path, device)
     try:
         network.load_state_dict(state)

@@ -56,3 +56,41 @@ def test_resolve_source_checkpoint(tmp_path, monkeypatch):
     assert out == str(tmp_path / "src" / "model.pt") and seen["bundle"] == "source_segmentation"
     assert seen["overrides"] == {"ckpt_dir": str(tmp_path / "src"), "output_dir": str(tmp_path / "src"),
                                  "datalist": "d.json", "seed": 3} and seen["rerun"]
+
+
+def test_a_source_model_of_another_datalist_is_refused(tmp_path, tiny_demo_2d):
+    """The README's trap: the BN bundle fed a source model trained on other data (the demo) for this datalist."""
+    import json as _json
+
+    from monai_uda.bundle import run_bundle
+    from monai_uda.bundle.stages import CheckpointError, model_card_path
+    from monai_uda.data.demo import make_demo_pair
+
+    tiny = {"max_epochs": 1, "epoch_length": 1, "batch_size": 1, "num_samples": 1, "roi_size": [32, 32],
+            "validate_during_training": False}
+    src = tmp_path / "source"
+    run_bundle("source_segmentation", "train.json", datalist=tiny_demo_2d, ckpt_dir=str(src), output_dir=str(src),
+               **tiny)
+    card = _json.loads(open(model_card_path(str(src / "model.pt"))).read())
+    assert card["trained_on"] == "source_training" and card["spatial_dims"] == 2 and card["datalist"] == "demo"
+    other = make_demo_pair(tmp_path / "other", spatial_dims=2, slices_per_subject=2,
+                           splits={"source_training": 1, "source_validation": 1, "target_training": 1,
+                                   "target_test": 1, "oracle_training": 1})
+    out = tmp_path / "bn"
+    with pytest.raises(CheckpointError, match=r"model\.pt was trained on datalist 'demo', not on the source data of "
+                                              r".*its source images differ.*train a source model on this datalist"):
+        run_bundle("bn_reestimation_segmentation", "adapt.json", datalist=other, source_checkpoint=str(src / "model.pt"),
+                   ckpt_dir=str(out), output_dir=str(out), bundle_root=str(tmp_path))
+    assert not (out / "model.pt").exists()
+    run_bundle("bn_reestimation_segmentation", "adapt.json", datalist=tiny_demo_2d,  # its own datalist: accepted
+               source_checkpoint=str(src / "model.pt"), ckpt_dir=str(out), output_dir=str(out), bundle_root=str(tmp_path))
+    assert (out / "model.pt").is_file()
+
+
+def test_checkpoints_without_a_card_are_the_users_own(tmp_path, tiny_demo_2d):
+    from monai_uda.bundle.stages import check_source_checkpoint
+    from monai_uda.data import UDAData
+
+    weights = tmp_path / "mine.pt"
+    weights.write_bytes(b"x")
+    assert check_source_checkpoint(str(weights), UDAData(tiny_demo_2d, deep=False)) == str(weights)
