@@ -33,8 +33,13 @@ def _ov(tmp_path, datalist, source=None, **kw):
             "output_dir": str(tmp_path / "eval"), "source_checkpoint": source, **TINY, **kw}
 
 
-def _state(tmp_path):
-    with open(tmp_path / "eval" / "pseudo_labels" / "rounds_state.json") as f:
+def _rounds(tmp_path, method="buda"):
+    """Each variant's pseudo-label rounds live in their own folder (a later variant never resumes another's)."""
+    return tmp_path / "eval" / "pseudo_labels" / method
+
+
+def _state(tmp_path, method="buda"):
+    with open(_rounds(tmp_path, method) / "rounds_state.json") as f:
         return json.load(f)
 
 
@@ -50,7 +55,7 @@ def test_adapt_evaluate_infer_2d(tmp_path, tiny_demo_2d, source_2d):
     assert state["completed"] == [0, 1, 2]
     n_target = len(uda.split("target_training"))
     for r in range(3):  # round 0 = source labels, then one per training round, each in its own folder
-        labels = glob.glob(str(tmp_path / "eval" / "pseudo_labels" / f"round_{r}" / "*_img.nii.gz"))
+        labels = glob.glob(str(_rounds(tmp_path) / f"round_{r}" / "*_img.nii.gz"))
         assert len(labels) == n_target
         lab = np.asarray(nib.load(labels[0]).dataobj)
         img = np.asarray(nib.load(state["items"][0] if r == 0 else uda.split("target_training")[0]["image"]).dataobj)
@@ -93,7 +98,7 @@ def test_adapt_evaluate_infer_2d(tmp_path, tiny_demo_2d, source_2d):
 
 def test_resume_does_not_redo_completed_rounds(tmp_path, tiny_demo_2d, source_2d):
     run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d, source_2d, num_rounds=1, max_epochs=1))
-    round1 = glob.glob(str(tmp_path / "eval" / "pseudo_labels" / "round_1" / "*.nii.gz"))[0]
+    round1 = glob.glob(str(_rounds(tmp_path) / "round_1" / "*.nii.gz"))[0]
     mtime = os.path.getmtime(round1)
     wf = run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d, source_2d, num_rounds=2))
     assert _state(tmp_path)["completed"] == [0, 1, 2]
@@ -110,7 +115,7 @@ def test_selftrain_fresh_rounds_and_collapse_warning(tmp_path, tiny_demo_2d, sou
     assert type(rounds.loss_function).__name__ == "DiceLoss"  # the no-variance ablation
     assert rounds.trainer_class.__name__ == "SupervisedTrainer"
     assert wf.parser.get_parsed_content("method") == "selftrain"
-    state = _state(tmp_path)
+    state = _state(tmp_path, "selftrain")
     assert state["rounds"]["1"]["fresh_model"] is True and state["rounds"]["0"]["collapsed"] is True
     assert not (tmp_path / "models" / "variance_model.pt").exists()
     UDAUNet(spatial_dims=2, out_channels=2).load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
@@ -129,10 +134,10 @@ def test_mcdropout_configuration(tmp_path, tiny_demo_2d, source_2d):
     from monai_uda.methods.buda.mc_dropout import dropout_modules
 
     assert {m.p for m in dropout_modules(net)} == {0.1}  # UDAUNet(dropout=0.1)
-    state = _state(tmp_path)
+    state = _state(tmp_path, "mcdropout")
     assert state["completed"] == [0, 1] and [h["iterations"] for h in rounds.history] == [1]
     # threshold 0: every pixel with any MC disagreement is ignored (255), the confident ones keep their argmax
-    lab = np.asarray(nib.load(tmp_path / "eval" / "pseudo_labels" / state["rounds"]["1"]["labels"][0]["label"]).dataobj)
+    lab = np.asarray(nib.load(_rounds(tmp_path, "mcdropout") / state["rounds"]["1"]["labels"][0]["label"]).dataobj)
     assert (lab == 255).any() and set(np.unique(lab)) <= {0, 1, 255}
     summary = json.loads((tmp_path / "models" / "adapt_summary.json").read_text())
     assert summary["method"] == "mcdropout" and not (tmp_path / "models" / "variance_model.pt").exists()
@@ -146,7 +151,7 @@ def test_adapt_3d_labels_in_image_space(tmp_path, tiny_demo_3d):
     run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_3d, src, spatial_dims=3, roi_size=[32, 32, 32],
                                            num_rounds=1, max_epochs=1))
     state = _state(tmp_path)
-    lab = nib.load(tmp_path / "eval" / "pseudo_labels" / state["rounds"]["1"]["labels"][0]["label"])
+    lab = nib.load(_rounds(tmp_path) / state["rounds"]["1"]["labels"][0]["label"])
     img = nib.load(state["items"][0])
     assert lab.shape == img.shape[:3] and np.allclose(lab.affine, img.affine, atol=1e-4)
 
