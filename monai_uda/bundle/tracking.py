@@ -30,13 +30,33 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 
-__all__ = ["log_to_trackers", "set_output_transform", "close_trackers", "flatten_summary", "bn_statistics_shift",
+__all__ = ["StepEngine", "log_to_trackers", "set_output_transform", "close_trackers", "flatten_summary", "bn_statistics_shift",
            "datalist_counts"]
 
 logger = logging.getLogger(__name__)
 
 Series = Mapping[int, float]  # a metric series: step -> value
+
+
+class StepEngine(Engine):
+    """A one-iteration ignite engine around a step that has no engine of its own (BN re-estimation, the
+    self-training rounds, forest training): ``run()`` calls ``step()`` once and keeps its result in
+    ``state.output``.
+
+    It is such a config's ``train#trainer``, so ``--tracking mlflow`` finds an engine; the step's values are
+    logged by :func:`log_to_trackers` (a loss-logging handler on this engine would have no loss to log).
+    """
+
+    def __init__(self, step: Any):
+        if not callable(step):
+            raise TypeError(f"step must be callable, got {type(step).__name__}.")
+        super().__init__(lambda engine, batch: step())
+
+    def run(self, data: Any = None, max_epochs: int | None = None, epoch_length: int | None = None) -> Any:
+        """Run the step once (the arguments are ignored: one epoch of one iteration)."""
+        return super().run([0], max_epochs=1)
 
 
 def _is_number(v: Any) -> bool:

@@ -243,3 +243,38 @@ def test_bundle_exposes_network_transforms_and_engines_as_config_items(bundle):
     merged = ConfigParser(_layered(bundle, [EVAL_BASE[bundle], "evaluate.json"]))
     for cid in ("network_def", "network", "validate#preprocessing", "validate#evaluator"):
         assert cid in merged, f"{bundle}: {cid}"
+
+
+def _trainer_target(config: dict, value):
+    """The ``_target_`` a ``train#trainer`` value stands for, following ``@a#b`` references within the config."""
+    seen = 0
+    while isinstance(value, str) and value.startswith("@") and seen < 10:
+        node = config
+        for part in value[1:].split("#"):
+            node = node[part]
+        value, seen = node, seen + 1
+    if isinstance(value, dict) and "_target_" in value:
+        target = value["_target_"]
+        return target if "." in target else f"monai.engines.{target}"
+    return None
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in bundle_dir("source_segmentation").parent.glob("*/configs/*.json")))
+def test_train_trainer_is_an_engine(path):
+    """``--tracking mlflow`` looks for ``train#trainer``: where a config has one, it is a real ignite engine that
+    the config runs, not a placeholder pointing at something else."""
+    import importlib
+
+    from ignite.engine import Engine
+
+    config = json.loads(open(path).read())
+    train = config.get("train")
+    if not isinstance(train, dict) or "trainer" not in train:
+        return
+    target = _trainer_target(config, train["trainer"])
+    assert target, f"{path}: train#trainer is {train['trainer']!r}, not an engine"
+    module, _, name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    assert isinstance(cls, type) and issubclass(cls, Engine), f"{path}: train#trainer is {target}, not an ignite Engine"
+    assert any("@train#trainer.run()" in step or "@adapt#trainer.run()" in step or "@translation#trainer.run()" in step
+               for step in config.get("run", [])), f"{path}: the config does not run its train#trainer"

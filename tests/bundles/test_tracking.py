@@ -139,3 +139,19 @@ def test_flatten_summary_and_untracked_logging(tmp_path):
     # no MLflow handler in the list (no --tracking): nothing is logged but the TensorBoard scalars
     assert log_to_trackers([object()], summary=summary, tensorboard_dir=str(tmp_path)) == []
     assert {"train_history/train_loss", "foreground_fraction", "adapt_seconds"} <= _scalar_tags(tmp_path)
+
+
+def test_step_engine_runs_its_step_once():
+    from ignite.engine import Engine, Events
+
+    from monai_uda.bundle.tracking import StepEngine
+
+    calls = []
+    engine = StepEngine(lambda: calls.append(1) or "done")
+    seen = []
+    engine.add_event_handler(Events.COMPLETED, lambda e: seen.append(e.state.output))
+    assert isinstance(engine, Engine)
+    engine.run()
+    assert calls == [1] and seen == ["done"] and engine.state.iteration == 1
+    with pytest.raises(TypeError, match="callable"):
+        StepEngine("not callable")
