@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from monai_uda.utils import FolderLockedError
+from monai_uda.utils import error_message, user_error
 
 __all__ = ["main"]
 
@@ -224,29 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: errors whose message already says what is wrong and where (a file, a key): shown as one line
-USER_ERRORS = (OSError, KeyError, ValueError, FolderLockedError)
-
-
-def error_line(e: BaseException) -> str:
-    """One line for a known error: its message (KeyError's without the quotes repr adds), else its type."""
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    msg = " ".join(str(msg).split()) or type(e).__name__
-    if isinstance(e, PermissionError) and e.filename:
-        msg = f"no permission to write {e.filename}: choose a writable --out folder"
-    return msg
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         _quiet_engines()
     try:
         return int(args.fn(args) or 0)
-    except USER_ERRORS as e:
-        if args.debug:
+    except Exception as e:
+        cause = user_error(e)
+        if args.debug or cause is None:
             raise
-        print(f"monai-uda {args.cmd}: error: {error_line(e)} (--debug shows the traceback)", file=sys.stderr)
+        print(f"monai-uda {args.cmd}: error: {error_message(cause)} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -9,7 +9,7 @@ import tempfile
 from typing import Any, Callable, Iterator
 
 __all__ = ["IGNORE_INDEX", "atomic_write", "atomic_write_text", "atomic_json", "atomic_torch_save", "folder_lock",
-           "FolderLockedError"]
+           "FolderLockedError", "user_error", "error_message"]
 
 #: label value of unlabelled / ignored pixels in pseudo-labels (every loss and pseudo-labeller uses this one)
 IGNORE_INDEX = 255
@@ -103,3 +103,24 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[str]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def user_error(e: BaseException | None) -> BaseException | None:
+    """The first error of ``e``'s cause/context chain whose message names what is wrong (a file, a key): an
+    ``OSError``, ``KeyError``, ``ValueError`` (datalist and checkpoint errors) or :class:`FolderLockedError`;
+    None when there is none (a bug, whose traceback matters)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (OSError, KeyError, ValueError, FolderLockedError)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def error_message(e: BaseException) -> str:
+    """One line for a user error (KeyError without the quotes its repr adds)."""
+    if isinstance(e, PermissionError) and e.filename:
+        return f"no permission to write {e.filename}: choose a writable --out folder"
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(msg).split()) or type(e).__name__

@@ -8,27 +8,11 @@ from typing import Any, Sequence
 
 from monai.bundle import ConfigWorkflow
 
+from monai_uda.utils import error_message, user_error
+
 from .locate import bundle_dir
 
-__all__ = ["run_bundle", "user_error", "install_one_line_errors"]
-
-#: errors whose message names what is wrong (a file, a key): a datalist, checkpoint or missing-file error,
-#: a locked output folder; found in the chain of MONAI's "Failed to evaluate ConfigExpression" wrappers
-USER_ERROR_TYPES: tuple[type, ...] = (OSError, KeyError, ValueError)
-
-
-def user_error(e: BaseException) -> BaseException | None:
-    """The first error of ``e``'s cause/context chain that is a user error (see :data:`USER_ERROR_TYPES`)."""
-    from monai_uda.utils import FolderLockedError
-
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, USER_ERROR_TYPES + (FolderLockedError,)):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
-
+__all__ = ["run_bundle", "install_one_line_errors"]
 
 def install_one_line_errors() -> None:
     """Make ``python -m monai.bundle run`` print a user error as one line (``MONAI_UDA_DEBUG=1``: the traceback).
@@ -46,8 +30,8 @@ def install_one_line_errors() -> None:
         cause = user_error(value)
         if cause is None:
             return previous(etype, value, tb)
-        msg = " ".join(str(cause.args[0] if isinstance(cause, KeyError) and cause.args else cause).split())
-        print(f"monai.bundle run: error: {msg} (MONAI_UDA_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"monai.bundle run: error: {error_message(cause)} (MONAI_UDA_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
 
     hook._monai_uda = True  # type: ignore[attr-defined]
     sys.excepthook = hook

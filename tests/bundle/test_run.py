@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from monai_uda.bundle import bundle_dir, run_bundle
-from monai_uda.bundle.run import user_error
+from monai_uda.utils import user_error
 
 
 def test_user_error_is_found_in_the_chain():
@@ -39,6 +39,21 @@ def test_monai_bundle_command_line_prints_one_line(tmp_path, tiny_demo_2d):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert errors == [f"monai.bundle run: error: checkpoint not found: {tmp_path / 'absent.pt'} "
                       "(MONAI_UDA_DEBUG=1 shows the traceback)"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**env, "MONAI_UDA_DEBUG": "1"}, cwd=tmp_path,
-                       timeout=300)
-    assert r.returncode != 0 and "Traceback" in r.stderr  # the whole story on request
+
+
+def test_the_hook_leaves_bugs_and_debug_runs_alone(monkeypatch, capsys):
+    import monai_uda.bundle.run as run
+
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: seen.append(a[1]))
+    monkeypatch.setenv("MONAI_UDA_DEBUG", "1")
+    run.install_one_line_errors()
+    assert not getattr(sys.excepthook, "_monai_uda", False)  # debug: the full traceback stays
+    monkeypatch.delenv("MONAI_UDA_DEBUG")
+    run.install_one_line_errors()
+    bug = ZeroDivisionError("a bug")
+    sys.excepthook(ZeroDivisionError, bug, None)
+    assert seen == [bug]  # not a user error: handed to the previous hook, traceback and all
+    sys.excepthook(KeyError, KeyError("'lable' is not a key"), None)
+    assert capsys.readouterr().err.strip() == ("monai.bundle run: error: 'lable' is not a key "
+                                               "(MONAI_UDA_DEBUG=1 shows the traceback)")
