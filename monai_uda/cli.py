@@ -1,4 +1,4 @@
-"""The ``monai-uda`` command line: ``demo``, ``datalist``, ``validate``, ``benchmark``, ``shift``."""
+"""The ``monai-uda`` command line: ``demo``, ``datalist``, ``validate``, ``benchmark``, ``report``, ``shift``, ``infer``."""
 
 from __future__ import annotations
 
@@ -152,6 +152,40 @@ def cmd_shift(a: argparse.Namespace) -> int:
     return 0
 
 
+def _model_shape(path: str) -> tuple[int, int, int]:
+    """(spatial_dims, in_channels, num_classes) of a UDAUNet state dict, from its first and last convolutions."""
+    from monai_uda.bundle.stages import CheckpointError, load_state_dict
+
+    state = load_state_dict(path)
+    first, last = state.get("conv_0.conv_0.conv.weight"), state.get("final_conv.weight")
+    if first is None or last is None or first.ndim not in (4, 5):
+        raise CheckpointError(f"{path} is not a UDAUNet state dict (no conv_0/final_conv weights); pass the "
+                              "models/model.pt of a monai-uda bundle")
+    return first.ndim - 2, int(first.shape[1]), int(last.shape[0])
+
+
+def cmd_infer(a: argparse.Namespace) -> int:
+    import torch
+
+    from monai_uda.bundle import load_network, run_bundle
+    from monai_uda.data.image_sets import image_items
+    from monai_uda.networks import UDAUNet
+
+    items = image_items(a.input, "target_training", a.limit)
+    dims, channels, classes = _model_shape(a.model)
+    dims, channels, classes = (a.spatial_dims or dims), (a.in_channels or channels), (a.num_classes or classes)
+    load_network(UDAUNet(dims, channels, classes), a.model)  # a one-line error for a model of other classes/channels
+    roi = a.roi_size or ([128] * dims if dims == 2 else [64] * dims)
+    if len(roi) == 1:
+        roi = roi * dims
+    print(f"monai-uda infer: {len(items)} image(s), model {a.model} ({dims}D, {channels} channel(s), "
+          f"{classes} classes)", flush=True)
+    run_bundle("source_segmentation", "inference.json", workflow_type="infer", checkpoint=os.path.abspath(a.model),
+               datalist=items, output_dir=os.path.abspath(a.out), spatial_dims=dims, in_channels=channels,
+               num_classes=classes, roi_size=roi, device=torch.device(a.device), amp=False)
+    return 0  # inference.json's last step printed where the segmentations are
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monai-uda", description="Unsupervised domain adaptation for MONAI segmentation")
     p.add_argument("--debug", action="store_true", help="show full tracebacks and engine logs instead of one-line errors")
@@ -161,11 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=f"example: {example}",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    def run_options(c: argparse.ArgumentParser) -> None:
-        c.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each one trains and adapts anew")
+    def run_options(c: argparse.ArgumentParser, seeds: list[int] = [0]) -> None:  # noqa: B006 - read only
+        c.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
+                       help="seeds; each one trains and adapts anew (a claim needs at least three)")
         c.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
         c.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
         c.add_argument("-v", "--verbose", action="store_true", help="also show every training/adaptation progress bar")
+        threads_option(c)
+
+    def threads_option(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--threads", type=int, default=None,
+                       help="torch threads (None: OMP_NUM_THREADS if set, else the cores / (1 + data-loader workers))")
 
     d = command("demo", "run source-only, oracle and one method per family on the embedded demo pair "
                 "(a simulated scanner shift)", "monai-uda demo --methods source,oracle,bn")
@@ -198,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default="source,oracle", help="comma-separated method names")
     b.add_argument("--out", required=True, help="output folder (one writer at a time)")
     b.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores (CI); default is the full mode")
-    run_options(b)
+    run_options(b, seeds=[0, 1, 2])
     b.add_argument("--resume", action="store_true",
                    help="keep finished (method, seed) results and the trained source model in --out")
     b.add_argument("--override", action="append", default=[], metavar="METHOD:KEY=VALUE", type=_override_item,
@@ -220,7 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--in-channels", type=int, default=1, help="of the model")
     s.add_argument("--num-classes", type=int, default=2, help="of the model")
     s.add_argument("--limit", type=int, default=None, help="use at most this many images of each set")
+    threads_option(s)
     s.set_defaults(fn=cmd_shift)
+
+    i = command("infer", "segment images with a trained or adapted model; writes <name>_seg in the input's format "
+                "(PNG in, PNG out; TIFF in, TIFF out; NIfTI otherwise)",
+                "monai-uda infer --model models/model.pt --input images/ --out results/seg")
+    i.add_argument("--model", required=True, help="checkpoint (model.pt) of a UDAUNet, e.g. a bundle's models/model.pt")
+    i.add_argument("--input", required=True, help="an image file, a folder, a glob or a datalist JSON (target_training)")
+    i.add_argument("--out", default="results/infer", help="output folder")
+    i.add_argument("--spatial-dims", type=int, default=None, help="of the model (None: read from the checkpoint)")
+    i.add_argument("--in-channels", type=int, default=None, help="of the model (None: read from the checkpoint)")
+    i.add_argument("--num-classes", type=int, default=None, help="of the model (None: read from the checkpoint)")
+    i.add_argument("--roi-size", type=int, nargs="+", default=None,
+                   help="sliding-window size (None: 128 per axis in 2D, 64 in 3D)")
+    i.add_argument("--limit", type=int, default=None, help="segment at most this many images")
+    i.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    threads_option(i)
+    i.set_defaults(fn=cmd_infer)
     return p
 
 
@@ -228,7 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         _quiet_engines()
+    if getattr(args, "verbose", False):  # progress bars that follow the log level (PAST's translation) show too
+        logging.getLogger("monai_uda").setLevel(logging.INFO)
     try:
+        if hasattr(args, "threads"):
+            from monai_uda.threads import configure_threads
+
+            print(configure_threads(num_workers=0, threads=args.threads), flush=True)
         return int(args.fn(args) or 0)
     except Exception as e:
         cause = user_error(e)

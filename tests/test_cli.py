@@ -11,6 +11,16 @@ import pytest
 from monai_uda.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """main() sets torch's thread count (monai_uda.threads): put the test process's back afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def test_datalist_command_writes_pair(shared_data, tmp_path, capsys):
     out = tmp_path / "A1.json"
     assert main(["datalist", "--pair", "A1", "--data-root", str(shared_data), "--out", str(out)]) == 0
@@ -127,7 +137,7 @@ def test_misspelt_datalist_key_through_validate(tiny_demo_2d, tmp_path, capsys):
     assert code == 2 and "typo.json" in line and "'spatal_dims'; did you mean 'spatial_dims'?" in line
 
 
-@pytest.mark.parametrize("cmd", ["demo", "datalist", "validate", "benchmark", "report", "shift"])
+@pytest.mark.parametrize("cmd", ["demo", "datalist", "validate", "benchmark", "report", "shift", "infer"])
 def test_every_subcommand_help_explains_its_options_with_an_example(cmd, capsys):
     import argparse
 
@@ -142,3 +152,67 @@ def test_every_subcommand_help_explains_its_options_with_an_example(cmd, capsys)
         assert action.help, f"{cmd} {action.option_strings or action.dest} has no help text"
         if action.option_strings and action.help != argparse.SUPPRESS and "-h" not in action.option_strings:
             assert "(default:" in sub.format_help().split(action.option_strings[-1], 1)[1], action.dest
+
+
+def _model(path, classes=2):
+    import torch
+
+    from monai_uda.networks import UDAUNet
+
+    torch.manual_seed(0)
+    torch.save(UDAUNet(2, 1, classes).state_dict(), path)
+    return str(path)
+
+
+def test_infer_png_in_png_out_and_says_where(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray((np.random.default_rng(0).random((40, 56)) * 255).astype(np.uint8)).save(tmp_path / "in" / f"{name}.png")
+    out = tmp_path / "seg"
+    assert main(["infer", "--model", _model(tmp_path / "m.pt"), "--input", str(tmp_path / "in"), "--out", str(out),
+                 "--roi-size", "32"]) == 0
+    stdout = capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["a_seg.png", "b_seg.png"]
+    seg = np.asarray(Image.open(out / "a_seg.png"))
+    assert seg.shape == (40, 56) and set(np.unique(seg)) <= {0, 1}
+    where = [ln for ln in stdout.splitlines() if ln.startswith("inference: wrote")]
+    assert len(where) == 1 and f"2 of 2 outputs to {out}" in where[0] and "a_seg.png" in where[0], stdout
+    assert stdout.splitlines()[0].startswith("threads: torch ")  # the thread line comes first
+
+
+def test_infer_nifti_in_nifti_out(tmp_path, tiny_demo_2d, capsys):
+    image = json.loads(open(tiny_demo_2d).read())["target_test"][0]["image"]
+    image = image if os.path.isabs(image) else os.path.join(os.path.dirname(tiny_demo_2d), image)
+    out = tmp_path / "seg"
+    assert main(["infer", "--model", _model(tmp_path / "m.pt"), "--input", image, "--out", str(out)]) == 0
+    name = os.path.basename(image)[: -len(".nii.gz")]
+    assert os.listdir(out) == [f"{name}_seg.nii.gz"]
+    assert f"1 of 1 outputs to {out}" in capsys.readouterr().out
+
+
+def test_infer_missing_input_and_wrong_classes_are_one_line(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    code = main(["infer", "--model", _model(tmp_path / "m.pt"), "--input", str(tmp_path / "nope.png")])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "no images found for" in line and "nope.png" in line
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "x.png")
+    code = main(["infer", "--model", _model(tmp_path / "m3.pt", classes=3), "--input", str(tmp_path / "x.png"),
+                 "--num-classes", "2", "--out", str(tmp_path / "seg")])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "m3.pt does not fit UDAUNet" in line
+    assert not (tmp_path / "seg").exists()
+
+
+def test_threads_option_is_used_and_printed_first(tmp_path, capsys):
+    import torch
+
+    code = main(["shift", "--threads", "1", "--model", str(tmp_path / "none.pt"), "--source", str(tmp_path),
+                 "--target", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 2 and out.splitlines()[0] == "threads: torch 1 (--threads), data-loader workers 0"
+    assert torch.get_num_threads() == 1

@@ -2,12 +2,14 @@
 
 from .. import distributed  # monai_uda.distributed (torch-only, cheap to import), exposed for the configs
 from .checkpoint import latest_checkpoint, resume_from
+from .inference import output_ext, report_outputs
 from .locate import bundle_dir, bundles_root, locate_bundle_root
 from .run import run_bundle
 from .stages import (
     DEMO_SOURCE_BUDGET,
     check_source_checkpoint,
     ensure_stage,
+    evaluated_checkpoint,
     load_network,
     resolve_source_checkpoint,
     save_network,
@@ -15,5 +17,5 @@ from .stages import (
 )
 from .tracking import log_to_trackers
 
-__all__ = ["distributed", "latest_checkpoint", "resume_from", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint",
-           "log_to_trackers"]
+__all__ = ["distributed", "latest_checkpoint", "resume_from", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "evaluated_checkpoint", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint",
+           "log_to_trackers", "output_ext", "report_outputs"]

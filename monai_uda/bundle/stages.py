@@ -7,23 +7,55 @@ forests, a trained enhancer) calls :func:`ensure_stage`; adaptation bundles get 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from monai_uda.utils import atomic_json, atomic_torch_save
 
 __all__ = ["ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "save_network", "load_network",
-           "load_state_dict", "CheckpointError", "write_model_card", "check_source_checkpoint", "model_card_path"]
+           "load_state_dict", "CheckpointError", "write_model_card", "check_source_checkpoint", "model_card_path",
+           "evaluated_checkpoint", "preserved_random_state"]
 
 logger = logging.getLogger(__name__)
 
 #: a short source training, enough for the demo pair; real work passes its own checkpoint
 DEMO_SOURCE_BUDGET = {"max_epochs": 8, "epoch_length": 10, "batch_size": 4, "num_samples": 2,
                       "validate_during_training": False}
+
+
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Run a block without changing the global random state (Python, NumPy, torch CPU and CUDA, MONAI's seed).
+
+    A stage that :func:`ensure_stage` runs inside another run calls ``set_determinism`` and draws numbers; without
+    this, the calling run would continue from the stage's random state when the stage ran, and from its own when
+    the stage's product was reused, so a run resumed after a stage would not repeat an uninterrupted one.
+    """
+    import random
+
+    import monai.utils.misc as monai_misc
+    import numpy as np
+
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    seed = getattr(monai_misc, "_seed", None)
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        if hasattr(monai_misc, "_seed"):
+            monai_misc._seed = seed
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
 def _stage_record(path: str) -> str:
@@ -73,10 +105,35 @@ def ensure_stage(
     from .run import run_bundle
 
     logger.info("%s not found: running %s %s to create it", path, bundle, configs)
-    run_bundle(bundle, configs, workflow_type=workflow_type, **overrides)
+    with preserved_random_state():  # the calling run goes on as if the stage had been reused: resume is exact
+        run_bundle(bundle, configs, workflow_type=workflow_type, **overrides)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"running bundle {bundle!r} {configs} did not write the expected file {path}.")
     atomic_json(key, record)
+    return path
+
+
+def evaluated_checkpoint(path: str, adapt_config: str = "configs/adapt.json", resume_key: str | None = None) -> str:
+    """The adapted model an ``evaluate.json`` layer evaluates: ``path`` as it is, said in one printed line.
+
+    ``--config_file "['configs/adapt.json','configs/evaluate.json']"`` runs the evaluation only (the layer
+    replaces ``run``): the model an earlier ``adapt_config`` run wrote is evaluated, and nothing is adapted. The
+    line names the file, its time and how to adapt again (``adapt_config`` alone, with ``--<resume_key> false``
+    where that config resumes finished work).
+
+    Raises:
+        FileNotFoundError: no adapted model yet; the message gives the command that makes it.
+    """
+    path = os.fspath(path)
+    again = f"run {adapt_config} alone" + (f" with --{resume_key} false" if resume_key else "")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no adapted model at {path}: evaluate.json evaluates what {adapt_config} "
+                                f"wrote and does not adapt; {again} first (same overrides), then evaluate")
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path)))
+    print(f"evaluate: evaluating the existing adapted model {path} (written {when}); this run does not adapt "
+          f"again: to re-adapt, {again} (same overrides) before evaluating", flush=True)
     return path
 
 

@@ -32,6 +32,8 @@ On disk, under ``output_dir``::
     round_<r>/<name>.nii.gz          pseudo-label of each target item (uint8; 255 = ignored pixel)
     round_<r>/<name>_weight.nii.gz   optional float32 per-pixel weight (when the labeller returns one)
     round_<r>/model.pt               model state_dict after round r (round 0: the source model)
+    round_<r>/train_state.pt         the round trainer's state carried into the next round (an optimizer instance
+                                     shared by the rounds: its moments), when it has one
     rounds_state.json                completed rounds, their files, foreground fraction, collapse flag
 
 Every file is written atomically (temporary file + ``os.replace``) and the state file is updated only
@@ -416,6 +418,18 @@ class RoundTrainer:
         if not 1 <= round_index <= len(self.epochs):
             raise ValueError(f"no epochs for round {round_index}: epochs per round are {self.epochs}.")
         return self.epochs[round_index - 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the next round inherits from this one: the optimizer's state when one optimizer instance serves
+        every round (PAST); empty with an optimizer factory (a fresh optimizer per round)."""
+        if isinstance(self.optimizer, torch.optim.Optimizer):
+            return {"optimizer": self.optimizer.state_dict()}
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a resumed run continues with the optimizer moments of its last round)."""
+        if "optimizer" in state and isinstance(self.optimizer, torch.optim.Optimizer):
+            self.optimizer.load_state_dict(state["optimizer"])
 
     def _optimizer_for(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         if not isinstance(self.optimizer, torch.optim.Optimizer):
@@ -885,6 +899,16 @@ class PseudoLabelRounds:
         atomic_torch_save(model.state_dict(), os.path.join(self.output_dir, rel))
         return rel
 
+    def _save_train_state(self, r: int) -> str | None:
+        """``round_<r>/train_state.pt``: the train_fn's state the next round starts from (its optimizer)."""
+        get = getattr(self.train_fn, "state_dict", None)
+        state = get() if self.save_checkpoints and callable(get) else None
+        if not state:
+            return None
+        rel = f"round_{r}/train_state.pt"
+        atomic_torch_save(state, os.path.join(self.output_dir, rel))
+        return rel
+
     # ------------------------------------------------------------------------------------------ run
     def run(self, model: torch.nn.Module, target_items: Sequence[Any]) -> torch.nn.Module:
         """Run (or resume) rounds ``0..num_rounds``; returns the model of the last round.
@@ -921,6 +945,10 @@ class PseudoLabelRounds:
                 raise RuntimeError(f"round {last} in {self.state_path} has no checkpoint; cannot resume.")
             path = os.path.join(self.output_dir, ckpt)
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            train_state = state["rounds"][str(last)].get("train_state")
+            load = getattr(self.train_fn, "load_state_dict", None)
+            if train_state and callable(load):
+                load(torch.load(os.path.join(self.output_dir, train_state), map_location="cpu", weights_only=True))
             logger.info("resuming pseudo-label rounds after completed round %d (%s)", last, self.output_dir)
         for r in tqdm(range(start, self.num_rounds + 1), desc="pseudo-label rounds", disable=not self.progress):
             t0 = time.time()
@@ -948,6 +976,7 @@ class PseudoLabelRounds:
         """Label round ``r``, save its checkpoint and the state file; returns the new state."""
         info = self._label_round(model, target_items, r)
         info["checkpoint"] = self._save_checkpoint(model, r)
+        info["train_state"] = self._save_train_state(r)
         info["fresh_model"] = self.model_factory is not None and r > 0
         trained = getattr(self.train_fn, "history", None)  # kept in the state, so a resumed run reports every round
         if r > 0 and trained and trained[-1].get("round") == r:

@@ -94,3 +94,40 @@ def test_checkpoints_without_a_card_are_the_users_own(tmp_path, tiny_demo_2d):
     weights = tmp_path / "mine.pt"
     weights.write_bytes(b"x")
     assert check_source_checkpoint(str(weights), UDAData(tiny_demo_2d, deep=False)) == str(weights)
+
+
+def test_a_stage_run_inside_a_run_leaves_the_random_state_as_it_was(tmp_path, monkeypatch):
+    """Whether ensure_stage runs the stage or reuses its file, the calling run draws the same numbers next."""
+    import random
+
+    import numpy as np
+    import torch
+    from monai.utils import set_determinism
+
+    from monai_uda.bundle import run as run_module
+
+    def stage(name, configs, workflow_type=None, **ov):  # a stage that seeds and draws, like a bundle run
+        set_determinism(seed=123)
+        torch.rand(5), np.random.rand(5), random.random()
+        (tmp_path / "made.pt").write_bytes(b"x")
+
+    monkeypatch.setattr(run_module, "run_bundle", stage)
+    draws = []
+    for _ in range(2):  # first the stage runs, then its product is reused
+        set_determinism(seed=0)
+        ensure_stage(str(tmp_path / "made.pt"), "b", "train.json")
+        draws.append((torch.rand(3), np.random.rand(3), random.random()))
+    assert torch.equal(draws[0][0], draws[1][0]) and (draws[0][1] == draws[1][1]).all() and draws[0][2] == draws[1][2]
+    set_determinism(seed=None)
+
+
+def test_evaluated_checkpoint_says_it_reuses_the_adapted_model(tmp_path, capsys):
+    from monai_uda.bundle import evaluated_checkpoint
+
+    with pytest.raises(FileNotFoundError, match=r"no adapted model at .*model\.pt.*run configs/adapt\.json alone first"):
+        evaluated_checkpoint(str(tmp_path / "model.pt"))
+    (tmp_path / "model.pt").write_bytes(b"x")
+    assert evaluated_checkpoint(str(tmp_path / "model.pt"), resume_key="resume") == str(tmp_path / "model.pt")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and f"existing adapted model {tmp_path / 'model.pt'}" in out[0]
+    assert "does not adapt again" in out[0] and "run configs/adapt.json alone with --resume false" in out[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pandas as pd
+import pytest
 import torch
 
 from monai_uda.bundle import run_bundle
@@ -21,7 +22,7 @@ def _source(tmp_path, datalist, dims=2):
     return str(tmp_path / "src" / "model.pt")
 
 
-def test_adapt_changes_only_bn_statistics_and_evaluates(tmp_path, tiny_demo_2d):
+def test_adapt_changes_only_bn_statistics_and_evaluates(tmp_path, tiny_demo_2d, capsys):
     src = _source(tmp_path, tiny_demo_2d)
     ov = {"datalist": tiny_demo_2d, "bundle_root": str(tmp_path), "source_checkpoint": src,
           "ckpt_dir": str(tmp_path / "bn"), "output_dir": str(tmp_path / "eval")}
@@ -32,8 +33,13 @@ def test_adapt_changes_only_bn_statistics_and_evaluates(tmp_path, tiny_demo_2d):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
 
+    capsys.readouterr()
     ev = run_bundle(BUNDLE, ["adapt.json", "evaluate.json"], **ov)
     assert 0 <= ev.parser.get_parsed_content("validate#evaluator").state.metrics["dice"] <= 1
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "adapted model" in ln]  # the reuse is explicit
+    assert len(said) == 1 and str(tmp_path / "bn" / "model.pt") in said[0] and "does not adapt again" in said[0]
+    with pytest.raises(FileNotFoundError, match="no adapted model at .*nothing.*adapt.json"):  # nothing to evaluate yet
+        run_bundle(BUNDLE, ["adapt.json", "evaluate.json"], **dict(ov, ckpt_dir=str(tmp_path / "nothing")))
     assert len(pd.read_csv(tmp_path / "eval" / "target_test" / "metrics_per_case.csv")) == 3
 
 
