@@ -163,7 +163,7 @@ def translate_datalist(
     axis: int = 2,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     distributed: bool = False,
 ) -> str:
     """Translate the source images of a UDA datalist and write ``<out_dir>/datalist.json`` (Algorithm 1, line 3).
@@ -185,7 +185,9 @@ def translate_datalist(
         axis: slice axis of 3D volumes.
         device: where the generator runs.
         overwrite: re-translate files that already exist.
-        progress: tqdm bar.
+        progress: tqdm bar. None: shown when this module's logger is enabled for INFO (a ``python -m monai.bundle
+            run`` with the bundle's ``logging.conf``, ``monai-uda ... -v``), hidden in ``monai-uda demo``'s
+            default output (one bar per stage).
         distributed: multi-GPU (process group initialised, every rank calls this): the images are split
             round-robin across the ranks (rank ``r`` translates/crops files ``r, r + W, ...``), then rank 0
             writes the datalist once every rank has finished; every rank returns its path.
@@ -214,6 +216,8 @@ def translate_datalist(
     def mine() -> bool:
         return next(counter) % world == rank
 
+    if progress is None:
+        progress = logging.getLogger(__name__).isEnabledFor(logging.INFO)
     for k, i, it in tqdm(jobs, desc="translate source", disable=not progress or rank > 0):
         src = it["image"]
         out = os.path.join(out_dir, k, _out_name(i, src))

@@ -57,3 +57,20 @@ def test_target_labels_rejected(tmp_path):
         self_training_items(Pair(), "pseudo")
     with pytest.raises(ValueError, match="pseudo"):
         self_training_items(_uda(tmp_path, [{"image": "t0.png"}]), "both")
+
+
+@pytest.mark.parametrize("level, shown", [("WARNING", False), ("INFO", True)])
+def test_translate_progress_bar_follows_the_log_level(tmp_path, tiny_demo_2d, capsys, level, shown):
+    """monai-uda demo keeps logging at WARNING: no "translate source" bar in its output; a bundle run logs INFO."""
+    import logging
+
+    from monai_uda.methods.past.past import translate_datalist
+
+    logger = logging.getLogger("monai_uda.methods.past.past")
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        translate_datalist(torch.nn.Identity(), UDAData(tiny_demo_2d), str(tmp_path), keys=("source_validation",))
+    finally:
+        logger.setLevel(old)
+    assert ("translate source" in capsys.readouterr().err) is shown
