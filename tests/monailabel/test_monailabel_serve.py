@@ -251,6 +251,9 @@ def _reference(bundle: Path, images: dict, out: Path, **override) -> dict:
 
     from monai_uda.bundle import run_bundle
 
+    # NIfTI references for every input (a PNG input's own default output is a PNG in the image's orientation;
+    # the comparison below is in the preprocessed grid, which the NIfTI output keeps)
+    override = {"output_ext": ".nii.gz", **override}
     wf = run_bundle(bundle.name, "inference.json", workflow_type="infer", bundle_root=str(bundle),
                     datalist=[{"image": str(p)} for p in images.values()], output_dir=str(out), **override)
     # softmax margins for the tie tolerance, from the same network, preprocessing and inferer
