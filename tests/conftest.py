@@ -74,3 +74,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def ipc_kernel():
+    """``make()``: a Jupyter kernel manager on unix sockets in a private folder, for ``nbclient.NotebookClient(km=...)``.
+
+    The default TCP transport picks "free" ports and binds them only when the kernel starts, so two xdist workers
+    starting kernels at the same moment can be handed the same port (a rare ZMQ "Address already in use"). Unix
+    sockets in a folder of this test's own cannot collide.
+    """
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="nbk-")  # short: unix socket paths are limited to ~100 characters
+
+    def make():
+        from jupyter_client.manager import KernelManager
+
+        return KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(folder, "kernel"))
+
+    yield make
+    shutil.rmtree(folder, ignore_errors=True)

@@ -12,13 +12,23 @@ from monai_uda.cli import main
 
 
 @pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """main() sets torch's thread count (monai_uda.threads): put the test process's back afterwards."""
+def _keep_process_settings():
+    """main() sets process-wide state for a command-line run: torch's thread count (monai_uda.threads), logger
+    levels and an "ignore" warnings filter (cli._quiet_engines). Put the test process's back afterwards, so the
+    tests that a worker runs after these ones see the same logging and warnings whatever the order."""
+    import logging
+    import warnings
+
     import torch
 
     n = torch.get_num_threads()
-    yield
+    names = ("", "ignite", "monai", "monai.bundle", "monai.handlers.StatsHandler", "py.warnings", "monai_uda")
+    levels = {name: logging.getLogger(name).level for name in names}
+    with warnings.catch_warnings():  # restores the filters on exit
+        yield
     torch.set_num_threads(n)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_datalist_command_writes_pair(shared_data, tmp_path, capsys):
@@ -216,3 +226,4 @@ def test_threads_option_is_used_and_printed_first(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 2 and out.splitlines()[0] == "threads: torch 1 (--threads), data-loader workers 0"
     assert torch.get_num_threads() == 1
+

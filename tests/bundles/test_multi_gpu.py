@@ -44,7 +44,7 @@ def _config_list(layers: list[str]) -> str:
     return "[" + ",".join(f"'configs/{c}'" for c in layers) + "]"
 
 
-def _torchrun(bundle: str, layers: list[str], timeout: int = 240, **overrides) -> str:
+def _torchrun(bundle: str, layers: list[str], timeout: int = 900, **overrides) -> str:
     """Run ``torchrun --nproc_per_node=2 -m monai.bundle run`` in the bundle folder; returns the prefixed log."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--tee=3",
            "-m", "monai.bundle", "run", "--config_file", _config_list(layers), "--meta_file", "configs/metadata.json"]

@@ -35,7 +35,7 @@ EXPECTED = {
 CELL_TIMEOUT = 1200  # seconds per cell; the whole TINY set takes ~2.5 CPU minutes
 
 
-def _run(name: str, monkeypatch, out: Path, data: Path | None = None):
+def _run(name: str, monkeypatch, out: Path, data: Path | None = None, km=None):
     """Execute ``notebooks/<name>.ipynb`` in TINY mode; return (notebook, NB_RESULT fields, seconds)."""
     monkeypatch.setenv("MONAI_UDA_NB_TINY", "1")
     monkeypatch.setenv("MONAI_UDA_NB_OUT", str(out))
@@ -47,7 +47,7 @@ def _run(name: str, monkeypatch, out: Path, data: Path | None = None):
         monkeypatch.setenv("MONAI_UDA_DATA", str(data))
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     t0 = time.time()
-    nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+    nbclient.NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT)}}).execute()
     seconds = time.time() - t0
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -80,10 +80,10 @@ def test_notebook_is_stored_clean_with_a_tiny_parameters_cell(name):
     assert "MONAI_UDA_NB_OUT" in first.source  # outputs can be sent out of the repository
 
 
-def test_quickstart(monkeypatch, tmp_path):
+def test_quickstart(monkeypatch, tmp_path, ipc_kernel):
     from monai_uda.benchmarks.methods import load_methods
 
-    _, f, _ = _run("quickstart", monkeypatch, tmp_path)
+    _, f, _ = _run("quickstart", monkeypatch, tmp_path, km=ipc_kernel())
     registered = list(load_methods())
     # the table has every registered method (this process may have imported the plugins in another order)
     methods = f["methods"].split(",")
@@ -99,8 +99,8 @@ def test_quickstart(monkeypatch, tmp_path):
     assert (bench / "results.png").stat().st_size > 1000
 
 
-def test_bundle_access(monkeypatch, tmp_path):
-    _, f, _ = _run("bundle_access", monkeypatch, tmp_path)
+def test_bundle_access(monkeypatch, tmp_path, ipc_kernel):
+    _, f, _ = _run("bundle_access", monkeypatch, tmp_path, km=ipc_kernel())
     assert int(f["epochs"]) == 2 and int(f["iterations"]) == 4  # the max_epochs property override took effect
     for k in ("source_dice", "bn_dice"):
         _dice(f, k)
@@ -108,8 +108,8 @@ def test_bundle_access(monkeypatch, tmp_path):
     assert (tmp_path / "bundle_access_tiny" / "source" / "model.pt").is_file()
 
 
-def test_bn_reestimation(monkeypatch, tmp_path, shared_data):
-    _, f, _ = _run("bn_reestimation", monkeypatch, tmp_path, shared_data)
+def test_bn_reestimation(monkeypatch, tmp_path, ipc_kernel, shared_data):
+    _, f, _ = _run("bn_reestimation", monkeypatch, tmp_path, shared_data, km=ipc_kernel())
     assert f["pair"] in ("A1", "B2")
     for k in ("source_dice", "bn_dice"):
         _dice(f, k)
@@ -119,16 +119,16 @@ def test_bn_reestimation(monkeypatch, tmp_path, shared_data):
     assert 0 <= after < 1e-3 * before, (before, after)
 
 
-def test_early_features(monkeypatch, tmp_path, shared_data):
-    _, f, _ = _run("early_features", monkeypatch, tmp_path, shared_data)
+def test_early_features(monkeypatch, tmp_path, ipc_kernel, shared_data):
+    _, f, _ = _run("early_features", monkeypatch, tmp_path, shared_data, km=ipc_kernel())
     for k in ("source_dice", "early_dice"):
         _dice(f, k)
     assert 1 <= int(f["epochs"]) <= 2  # the quick budget caps refinement at 2 epochs
     assert 0.0 <= float(f["agreement_last"]) <= 1.0
 
 
-def test_buda_seg(monkeypatch, tmp_path, shared_data):
-    _, f, _ = _run("buda_seg", monkeypatch, tmp_path, shared_data)
+def test_buda_seg(monkeypatch, tmp_path, ipc_kernel, shared_data):
+    _, f, _ = _run("buda_seg", monkeypatch, tmp_path, shared_data, km=ipc_kernel())
     for k in ("source_dice", "buda_dice"):
         _dice(f, k)
     assert int(f["rounds"]) == 2  # min(3, max_epochs=2)
@@ -136,16 +136,16 @@ def test_buda_seg(monkeypatch, tmp_path, shared_data):
     assert 0 < vmin <= vmax and math.isfinite(vmax)  # the variance map is positive and finite
 
 
-def test_shallow2deep(monkeypatch, tmp_path, shared_data):
-    _, f, _ = _run("shallow2deep", monkeypatch, tmp_path, shared_data)
+def test_shallow2deep(monkeypatch, tmp_path, ipc_kernel, shared_data):
+    _, f, _ = _run("shallow2deep", monkeypatch, tmp_path, shared_data, km=ipc_kernel())
     for k in ("source_dice", "rf_dice", "enhancer_dice", "s2d_dice"):
         _dice(f, k)
     assert f["simulated"] == "True" and int(f["scribble_pixels"]) > 0
     assert float(f["rf_dice"]) > 0  # a forest trained on a few hundred stroke pixels finds some mitochondria
 
 
-def test_past(monkeypatch, tmp_path, shared_data):
-    _, f, _ = _run("past", monkeypatch, tmp_path, shared_data)
+def test_past(monkeypatch, tmp_path, ipc_kernel, shared_data):
+    _, f, _ = _run("past", monkeypatch, tmp_path, shared_data, km=ipc_kernel())
     assert f["pair"] in ("C1", "D1")
     for k in ("source_dice", "translated_dice", "past_dice"):
         _dice(f, k)
