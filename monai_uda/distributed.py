@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 #: class names of handlers that log or write files and therefore run on rank 0 only (subclasses included)
 RANK0_ONLY_HANDLERS = (
+    "ValidationHistory",
     "CheckpointSaver",
     "StatsHandler",
     "TensorBoardStatsHandler",

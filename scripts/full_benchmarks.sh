@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
-# The README's full-mode benchmark tables, stage by stage (every stage resumes the previous one).
+# The protocol-v2 benchmark (docs/benchmarks/protocol.md): every pair, every method, seeds 0 1 2, stage by
+# stage; each stage resumes the previous one (finished (method, seed) rows and each seed's source model are
+# kept), so an interrupted run continues where it stopped. After each stage the pair's tables and CSVs are
+# copied to docs/benchmarks/v2/<pair>/ (commit them as they come, so another machine can continue).
 #
-#   bash scripts/full_benchmarks.sh [OUT_ROOT]        (default results/full; ../shared/data or $MONAI_UDA_DATA)
+#   bash scripts/full_benchmarks.sh [OUT_ROOT]        (default results/v2; ../shared/data or $MONAI_UDA_DATA)
 #
-# Each stage passes the cumulative method list to `monai-uda benchmark --resume`, so finished
-# (method, seed) rows and the trained source model are kept and an interrupted run continues where it
-# stopped. After each stage the tables and charts are copied to docs/benchmarks/<pair>/.
+# One job per machine: it sets one torch thread per core it may use (MONAI_UDA_THREADS, default 1 so that
+# a second core stays free for other work; the rows record the thread count).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-results/full}
+out=${1:-results/v2}
 data=${MONAI_UDA_DATA:-../shared/data}
+threads=${MONAI_UDA_THREADS:-1}
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 s1="source,oracle,bn"
-s2="$s1,early,st,cbst"
-s3="$s2,buda,selftrain,mcdropout"
-s4="$s3,rf,enhancer,s2d,s2d_noteacher,s2d_norect"
+s2="$s1,buda,selftrain,st,cbst,early"
+s3="$s2,rf,enhancer,s2d,s2d_noteacher,s2d_norect"
+s4="$s2,past,fda,histmatch"
 run() {
   local pair=$1 methods=$2
   echo "=== $(date +%T) $pair: $methods"
-  python -m monai_uda benchmark --pair "$pair" --data-root "$data" --methods "$methods" --out "$out/$pair" --resume \
-    || { echo "=== $pair failed" >&2; return 1; }
-  mkdir -p "docs/benchmarks/$pair"
-  cp "$out/$pair"/results.{csv,md,png} "docs/benchmarks/$pair/"
+  python -m monai_uda benchmark --pair "$pair" --data-root "$data" --methods "$methods" --seeds 0 1 2 \
+    --out "$out/$pair" --resume --threads "$threads" || { echo "=== $pair failed" >&2; return 1; }
+  mkdir -p "docs/benchmarks/v2/$pair"
+  cp "$out/$pair"/{results.csv,results.md,results.png,per_image.csv} "docs/benchmarks/v2/$pair/"
 }
 for p in A1 B2 C1 D1; do run $p "$s1"; done
 for p in A1 B2 C1 D1; do run $p "$s2"; done
-for p in A1 B2 C1 D1; do run $p "$s3"; done
-for p in A1 B2; do run $p "$s4"; done
-run C1 "$s4,past,fda,histmatch"
-run D1 "$s3,past,fda,histmatch"
+for p in A1 B2 C1; do run $p "$s3"; done
+run C1 "$s3,past,fda,histmatch"
+run D1 "$s4"
+for p in A1 B2; do run $p "$s3,mcdropout"; done
+run C1 "$s3,past,fda,histmatch,mcdropout"
+run D1 "$s4,mcdropout"

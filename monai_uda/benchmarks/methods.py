@@ -146,14 +146,36 @@ def _train(ctx: MethodContext, key: str, subdir: str) -> str:
     return os.path.join(ov["ckpt_dir"], "model.pt")
 
 
+def training_record(checkpoint: str) -> dict[str, Any]:
+    """How a source/oracle training ended, from the ``validation_history.csv`` beside its checkpoint.
+
+    ``val_dice``: the best validation Dice (the kept checkpoint's), ``best_iteration``: when it was reached,
+    ``iterations``: how many training iterations ran (early stopping or the cap). Empty without validation.
+    """
+    import pandas as pd
+
+    path = os.path.join(os.path.dirname(checkpoint), "validation_history.csv")
+    if not os.path.isfile(path):
+        return {}
+    h = pd.read_csv(path)
+    if h.empty or "val_mean_dice" not in h:
+        return {}
+    best = h.loc[h.val_mean_dice.idxmax()]
+    it = "iteration" if "iteration" in h else "epoch"
+    return {"val_dice": round(float(best.val_mean_dice), 4), "best_iteration": int(best[it]),
+            "iterations": int(h[it].max())}
+
+
 @register_method("source", "source-only: trained on labelled source data, applied to the target as is")
 def source_only(ctx: MethodContext) -> MethodOutput:
-    return MethodOutput(checkpoint=ctx.source_checkpoint())
+    ckpt = ctx.source_checkpoint()
+    return MethodOutput(checkpoint=ckpt, extra=training_record(ckpt))
 
 
 @register_method("oracle", "target-supervised upper bound (uses target labels; benchmarks only)")
 def oracle(ctx: MethodContext) -> MethodOutput:
-    return MethodOutput(checkpoint=_train(ctx, "oracle_training", "oracle"))
+    ckpt = _train(ctx, "oracle_training", "oracle")
+    return MethodOutput(checkpoint=ckpt, extra=training_record(ckpt))
 
 
 def train_source(ctx: MethodContext) -> str:

@@ -3,8 +3,9 @@
 All three run the ``variance_sampling_segmentation`` bundle (the one source of truth of their settings:
 ``configs/adapt.json`` for ``buda``, layered with ``adapt_selftrain.json`` or ``adapt_mcdropout.json`` for the
 baselines, see :data:`monai_uda.methods.buda.rounds.CONFIGS`) from the shared source model of the seed
-(``ctx.source_checkpoint()``) with the same budget as the source model: ``max_epochs`` epochs of
-``epoch_length`` iterations in total, spread over ``T = min(3, max_epochs)`` rounds. They differ only in what
+(``ctx.source_checkpoint()``) with the bundle's budget (``adapt.json``: ``max_epochs`` epochs of
+``epoch_length`` iterations in total, spread over ``num_rounds`` rounds; the quick and demo modes cut the
+epochs and then use ``T = min(num_rounds, max_epochs)``). They differ only in what
 the paper compares:
 
 - ``buda``: variance map + variational sampling Dice loss (Eq. 1-3, K = 4);
@@ -30,7 +31,7 @@ from monai_uda.methods.buda.rounds import BUNDLE, CONFIGS
 
 __all__ = ["adapt_with_rounds", "DEFAULT_ROUNDS"]
 
-#: T, the number of pseudo-label rounds (capped by the budget's epochs)
+#: T in the quick/demo modes, capped by their epochs (full mode: ``num_rounds`` of ``adapt.json``)
 DEFAULT_ROUNDS = 3
 
 
@@ -49,20 +50,22 @@ def adapt_with_rounds(ctx: MethodContext, method: str, name: str | None = None, 
     name = name or method
     ov = ctx.bundle_overrides(name)
     ov.pop("validate_during_training", None)  # no validation in these configs
-    max_epochs = int(ov.get("max_epochs") or 1)
-    ov["num_rounds"] = int(overrides.pop("num_rounds", min(DEFAULT_ROUNDS, max_epochs)))
+    if "max_epochs" in ov and "num_rounds" not in ov:  # a cut budget (quick/demo): no more rounds than epochs
+        ov["num_rounds"] = min(DEFAULT_ROUNDS, int(ov["max_epochs"] or 1))
+    if "num_rounds" in overrides:
+        ov["num_rounds"] = int(overrides.pop("num_rounds"))
     ov["source_checkpoint"] = ctx.source_checkpoint()
     ov["rounds_dir"] = os.path.join(ov["ckpt_dir"], "rounds")
     ov["resume"] = False  # a benchmark run starts from this seed's source model, never from stale rounds
     ov.update(overrides)
-    run_bundle(BUNDLE, CONFIGS[method], **ov)
+    wf = run_bundle(BUNDLE, CONFIGS[method], **ov)
     with open(os.path.join(ov["ckpt_dir"], "adapt_summary.json")) as f:
         summary = json.load(f)
     history = summary["train_history"]
     fg = {int(r): v for r, v in summary["foreground_fraction"].items()}
     values = {
-        "rounds": ov["num_rounds"],
-        "epochs": max_epochs,
+        "rounds": int(wf.parser.get_parsed_content("num_rounds")),
+        "epochs": int(wf.parser.get_parsed_content("max_epochs")),
         "adapt_seconds": round(summary["adapt_seconds"], 1),
         "pseudo_dice_loss": history[-1]["train_loss"] if history else float("nan"),
         "pseudo_foreground": fg[max(fg)] if fg else float("nan"),

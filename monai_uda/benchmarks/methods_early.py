@@ -12,9 +12,8 @@
   round labels the target with the current model, keeps the confident pixels with
   :class:`~monai_uda.engines.pseudo_labellers.SelfTrainingSelector` (portion 0.2, +0.05 per round; the
   rest is 255 = ignored) and fine-tunes the *whole* source model on them with a MONAI
-  ``SupervisedTrainer`` (cross-entropy over the selected pixels, Adam ``ST_LEARNING_RATE``). The
-  budget's ``max_epochs`` are split over ``ST_ROUNDS`` rounds, so the total fine-tuning is the same
-  budget as the source model's training. Extra numbers (from the summary JSON the bundle writes):
+  ``SupervisedTrainer`` (cross-entropy over the selected pixels, Adam at ``adapt_st.json``'s
+  ``learning_rate``). ``max_epochs`` of ``adapt.json`` are split over ``adapt_st.json``'s ``num_rounds``. Extra numbers (from the summary JSON the bundle writes):
   ``rounds``, ``adapt_seconds``, the last round's ``foreground_fraction``.
 
 Every method starts from ``ctx.source_checkpoint()`` and only reads ``target_training`` images.
@@ -28,14 +27,12 @@ import time
 
 from .methods import MethodContext, MethodOutput, register_method
 
-__all__ = ["BUNDLE", "ST_ROUNDS", "ST_LEARNING_RATE", "ST_CONFIGS", "early_features", "self_training", "cbst"]
+__all__ = ["BUNDLE", "ST_ROUNDS", "ST_CONFIGS", "early_features", "self_training", "cbst"]
 
 #: the bundle of this family
 BUNDLE = "early_feature_refinement_segmentation"
-#: pseudo-label rounds of ST/CBST (capped at the budget's epochs)
+#: pseudo-label rounds of ST/CBST in the quick/demo modes, capped by their epochs (full mode: ``adapt_st.json``)
 ST_ROUNDS = 3
-#: fine-tuning learning rate of ST/CBST (a tenth of the source training's 1e-3: fine-tuning, not training)
-ST_LEARNING_RATE = 1e-4
 
 
 @register_method(
@@ -80,15 +77,15 @@ def _pseudo_label_method(ctx: MethodContext, mode: str) -> MethodOutput:
 
     ov = ctx.bundle_overrides(mode)
     ov.pop("validate_during_training", None)  # no validation in these configs
-    rounds = min(ST_ROUNDS, int(ov["max_epochs"]))
+    if "max_epochs" in ov and "num_rounds" not in ov:  # a cut budget (quick/demo): no more rounds than epochs
+        ov["num_rounds"] = min(ST_ROUNDS, int(ov["max_epochs"] or 1))
     ov.update(
         source_checkpoint=ctx.source_checkpoint(),
-        num_rounds=rounds,
-        learning_rate=ST_LEARNING_RATE,
         self_train_dir=ov["ckpt_dir"],  # rounds, model.pt and the summary directly in <workdir>/<mode>
         resume=False,  # a benchmark run starts from this seed's source model, never from stale rounds
     )
-    run_bundle(BUNDLE, ST_CONFIGS[mode], **ov)
+    wf = run_bundle(BUNDLE, ST_CONFIGS[mode], **ov)
+    rounds = int(wf.parser.get_parsed_content("num_rounds"))
     with open(os.path.join(ov["ckpt_dir"], "adapt_summary.json")) as f:
         summary = json.load(f)
     return MethodOutput(

@@ -24,16 +24,19 @@ PAST_BUNDLE = "pixel_alignment_segmentation"
 
 
 def _translation_overrides(ctx: MethodContext, ov: dict) -> dict:
+    """The translator's data shape follows the budget's crops; its epochs follow a cut (quick/demo) budget,
+    else ``train_translation.json``'s own."""
     b = ctx.budget
-    roi = list(b.get("roi_size") or [64, 64])[:2]
-    patch = [max(16, (int(r) // 16) * 16) for r in roi]
-    return dict(
-        ov,
-        translation_epochs=int(b.get("max_epochs") or 1),
-        translation_epoch_length=int(b.get("epoch_length") or 10),
-        translation_batch_size=int(b.get("batch_size") or 4),
-        translation_patch_size=patch,
-    )
+    ov = dict(ov)
+    if b.get("roi_size"):
+        ov["translation_patch_size"] = [max(16, (int(r) // 16) * 16) for r in list(b["roi_size"])[:2]]
+    if b.get("batch_size"):
+        ov["translation_batch_size"] = int(b["batch_size"])
+    if "max_epochs" in b:
+        ov["translation_epochs"] = int(b["max_epochs"] or 1)
+        ov["translation_epoch_length"] = int(b.get("epoch_length") or 10)
+    ov.update(ctx.overrides)
+    return ov
 
 
 @register_method("past", "PAST: CycleGAN pixel alignment + segmentation on translated source + top-q self-training")

@@ -2,7 +2,7 @@
 
 Per seed, the steps shared by all five methods run once in ``<workdir>/s2d_common`` with the benchmark's
 budget (``bundles/shallow2deep_segmentation``): source forests (``prepare_forests.json``), the Prediction
-Enhancer (``train_enhancer.json``, ``max_epochs x epoch_length`` iterations like every method) and the
+Enhancer (``train_enhancer.json``, its ``max_epochs x epoch_length`` iterations) and the
 target forest from brushstrokes (``adapt.json`` up to the forest). Benchmarks have no user, so the strokes
 are **simulated** from ``oracle_training`` labels (the documented simulator; a stand-in for a user's eyes,
 never seen by any network). The scribble budget is reported in every row (``scribble_pixels``,
@@ -17,9 +17,10 @@ never seen by any network). The scribble budget is reported in every row (``scri
   mean-teacher consistency term; ``s2d_norect``: without label rectification (Table 7). Plain ``UDAUNet``
   checkpoints.
 
-Forest sizes scale with the budget (``iterations = max_epochs * epoch_length``): quick budgets get 8 source
-forests and a 20-tree target forest, larger ones up to 100 source forests (10 trees each) and a 100-tree
-target forest (ilastik's default).
+Forest sizes: full mode uses the bundle's (``prepare_forests.json``: 60 source forests of 10 trees;
+``adapt.json``: a 100-tree target forest, ilastik's default); the cut budgets of the quick and demo modes
+scale them with ``iterations = max_epochs * epoch_length`` (8 source forests and a 20-tree target forest
+in quick mode).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def _overrides(ctx: MethodContext, subdir: str) -> dict:
         enhancer_file=os.path.join(d, "enhancer.pt"),
         target_forest_file=os.path.join(d, "target_forest.joblib"),
         n_jobs=1,
-        **s2d_sizes(ctx.budget),
+        # a cut budget (quick/demo) gets fewer, smaller forests; full mode keeps the bundle's own
+        **(s2d_sizes(ctx.budget) if "max_epochs" in ctx.budget else {}),
     )
     ov.update(ctx.overrides)  # the user's overrides win over the budget-derived sizes
     return ov
@@ -73,9 +75,10 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
         with open(facts_file) as fh:
             return json.load(fh)
     ov = _overrides(ctx, "s2d_common")
-    facts: dict = {"source_forests": ov["n_forests"], "target_forest_trees": ov["target_forest_trees"]}
+    facts: dict = {}
     t = time.time()
-    run_bundle(BUNDLE, "prepare_forests.json", workflow_type=None, overwrite_forests=True, **ov)
+    wf = run_bundle(BUNDLE, "prepare_forests.json", workflow_type=None, overwrite_forests=True, **ov)
+    facts["source_forests"] = int(wf.parser.get_parsed_content("n_forests"))
     facts["source_forests_s"] = round(time.time() - t, 2)
     t = time.time()
     run_bundle(BUNDLE, "train_enhancer.json", workflow_type=None, **ov)
@@ -87,6 +90,7 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
         **ov,
     )
     info = wf.parser.get_parsed_content("scribble_data")[1]
+    facts["target_forest_trees"] = int(wf.parser.get_parsed_content("target_forest_trees"))
     facts.update({
         "scribble_simulated": bool(info["simulated"]),
         "scribble_images": info["scribble_images"],

@@ -30,7 +30,8 @@ __all__ = ["BUDGETS", "budget_for", "run_benchmark", "gap_closed", "markdown_tab
 
 logger = logging.getLogger(__name__)
 
-#: training budgets; ``epoch_length`` x ``max_epochs`` iterations for every method, whatever its data size
+#: overrides per mode: ``quick`` and ``demo`` cut every training to ``epoch_length`` x ``max_epochs`` iterations
+#: (tests and the demo); ``full`` leaves the budgets to the bundle configs
 BUDGETS: dict[str, dict[int, dict[str, Any]]] = {
     "quick": {
         2: {"max_epochs": 2, "epoch_length": 4, "batch_size": 2, "num_samples": 2, "roi_size": [64, 64],
@@ -44,13 +45,12 @@ BUDGETS: dict[str, dict[int, dict[str, Any]]] = {
         3: {"max_epochs": 6, "epoch_length": 10, "batch_size": 1, "num_samples": 2, "roi_size": [48, 48, 48],
             "data_limit": None, "validate_during_training": False},
     },
+    # full: the data shape only; how long each model trains (epochs, iterations, rounds, learning rates,
+    # early stopping) is its bundle config's, one source of truth (docs/benchmarks/protocol.md)
     "full": {
-        2: {"max_epochs": 12, "epoch_length": 20, "batch_size": 4, "num_samples": 2, "roi_size": [128, 128],
-            "data_limit": None, "validate_during_training": False},
-        # 48^3 crops cover most of a D1 volume (76 x 91 x 75 at 2 mm); 2 crops per step keep a 3D training
-        # of 200 iterations at a few minutes on 2 CPU cores, so every method fits the same budget
-        3: {"max_epochs": 10, "epoch_length": 20, "batch_size": 1, "num_samples": 2, "roi_size": [48, 48, 48],
-            "data_limit": None, "validate_during_training": False},
+        2: {"batch_size": 4, "num_samples": 2, "roi_size": [128, 128], "data_limit": None},
+        # 48^3 crops cover most of a D1 volume (76 x 91 x 75 at 2 mm)
+        3: {"batch_size": 1, "num_samples": 2, "roi_size": [48, 48, 48], "data_limit": None},
     },
 }
 METRICS = ["dice", "iou", "f1", "surface_dice", "hd95"]

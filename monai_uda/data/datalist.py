@@ -16,12 +16,13 @@ data_list_key=KEY)`` reads any of the lists)::
       "target_training":   [{"image": "..."}],            # NO labels: what adaptation may use
       "target_test":       [{"image": "...", "label": "..."}],   # evaluation only
       "oracle_training":   [{"image": "...", "label": "..."}]    # target labels, oracle upper bound only
+      "oracle_validation": [{"image": "...", "label": "..."}]    # optional: the oracle's own checkpoint selection
     }
 
 Entries may carry ``"spacing"`` (physical pixel size, used by surface metrics for 2D images
 that have no header). Paths are absolute or relative to the datalist file's folder.
 
-Target labels appear only in ``target_test`` and ``oracle_training``; adaptation methods get
+Target labels appear only in ``target_test``, ``oracle_training`` and ``oracle_validation``; adaptation methods get
 ``target_training`` (see :func:`target_training_images`), which is validated to hold no label.
 """
 
@@ -44,8 +45,9 @@ __all__ = [
     "read_array",
 ]
 
-LABELLED_KEYS = ("source_training", "source_validation", "target_test", "oracle_training")
-ALL_KEYS = ("source_training", "source_validation", "target_training", "target_test", "oracle_training")
+LABELLED_KEYS = ("source_training", "source_validation", "target_test", "oracle_training", "oracle_validation")
+ALL_KEYS = ("source_training", "source_validation", "target_training", "target_test", "oracle_training",
+            "oracle_validation")
 REQUIRED_KEYS = ("source_training", "target_training", "target_test")
 #: the other top-level keys monai-uda reads or writes (anything else is reported, with the nearest valid name)
 OPTIONAL_KEYS = ("name", "description", "spatial_dims", "in_channels", "labels", "label_map", "binarize", "setting",

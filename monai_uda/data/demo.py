@@ -32,8 +32,9 @@ from .datalist import write_uda_datalist
 __all__ = ["make_demo_pair", "ensure_demo_datalist", "DEMO_SPLITS", "scanner_a", "scanner_b"]
 
 #: subjects per split
-DEMO_SPLITS = {"source_training": 6, "source_validation": 2, "target_training": 4, "target_test": 4, "oracle_training": 4}
-_VERSION = 1
+DEMO_SPLITS = {"source_training": 6, "source_validation": 2, "target_training": 4, "target_test": 4, "oracle_training": 4,
+               "oracle_validation": 1}
+_VERSION = 2  # 2: adds oracle_validation (one subject, generated last: the other splits are unchanged)
 _SHAPE = (80, 96, 80)  # 2 mm grid, divisible by 16
 
 

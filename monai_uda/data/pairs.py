@@ -15,7 +15,9 @@ A1-C1 are *inductive*: the unlabelled target images used for adaptation are disj
 target test images; the oracle trains on the labels of the adaptation images. D1 has only three
 target subjects, so it is *transductive* (adapt on the test volumes' images, as the papers' one-shot
 and CrossMoDA settings do) and the oracle trains on FLAIR of the three other (source) subjects.
-Target labels only ever appear in ``target_test`` and ``oracle_training``.
+The oracle selects its checkpoint on ``oracle_validation``: the last fifth of its labelled target images
+(2D: 2 of 10, 3 of 16) or, for D1, pat0003 (the source-validation subject). Target labels only ever
+appear in ``target_test``, ``oracle_training`` and ``oracle_validation``.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def _build_2d(pair: str, spec: dict[str, Any], data_root: Path) -> dict[str, Any
     t_names = _names(tgt)
     half = len(t_names) // 2
     t_adapt, t_test = t_names[:half], t_names[half:]
+    # the oracle selects its checkpoint on the last fifth of its own labelled images, never on target_test
+    n_oval = max(1, len(t_adapt) // 5)
+    o_train, o_val = t_adapt[:-n_oval], t_adapt[-n_oval:]
     ss, ts = spec["source_spacing"], spec["target_spacing"]
     return {
         "spatial_dims": 2,
@@ -98,7 +103,8 @@ def _build_2d(pair: str, spec: dict[str, Any], data_root: Path) -> dict[str, Any
         "source_validation": _png_items(src, s_val, lab, ss),
         "target_training": _png_items(tgt, t_adapt, None, ts),
         "target_test": _png_items(tgt, t_test, lab, ts),
-        "oracle_training": _png_items(tgt, t_adapt, lab, ts),
+        "oracle_training": _png_items(tgt, o_train, lab, ts),
+        "oracle_validation": _png_items(tgt, o_val, lab, ts),
     }
 
 
@@ -127,7 +133,9 @@ def _build_d1(data_root: Path) -> dict[str, Any]:
         "source_validation": items(["pat0003"], "t1c"),
         "target_training": items(target, "flair", labelled=False),
         "target_test": items(target, "flair"),
-        "oracle_training": items(["pat0003", "pat0005", "pat0006"], "flair"),
+        # the same subjects as source training / validation, in the target modality
+        "oracle_training": items(["pat0005", "pat0006"], "flair"),
+        "oracle_validation": items(["pat0003"], "flair"),
     }
 
 

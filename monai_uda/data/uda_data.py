@@ -74,12 +74,16 @@ class UDAData:
         return copy.deepcopy(self._dl)
 
     # -- splits --------------------------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        """Whether the datalist has a non-empty ``key`` list (e.g. the optional ``oracle_validation``)."""
+        return bool(self._dl.get(key))
+
     def split(self, key: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Items of one list (a copy). ``target_training`` never carries labels.
 
         Args:
             key: one of ``source_training``, ``source_validation``, ``target_training``,
-                ``target_test``, ``oracle_training``.
+                ``target_test``, ``oracle_training``, ``oracle_validation``.
             limit: keep only the first ``limit`` items (quick runs).
         """
         if key not in ALL_KEYS:

@@ -2,5 +2,6 @@
 
 from .atomic_checkpoint_saver import AtomicCheckpointSaver
 from .segmentation_metrics_saver import SegmentationMetricsSaver
+from .validation_history import ValidationHistory
 
-__all__ = ["AtomicCheckpointSaver", "SegmentationMetricsSaver"]
+__all__ = ["AtomicCheckpointSaver", "SegmentationMetricsSaver", "ValidationHistory"]

@@ -76,3 +76,35 @@ def test_cli_override_parsing():
     assert _overrides(a.override) == {"bn": {"mode": "ema", "alpha": 0.2}, "s2d": {"roi_size": [64, 64]}}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["benchmark", "--out", "x", "--override", "mode=ema"])
+
+
+def test_budget_override_changes_the_rounds_run(tmp_path, tiny_demo_2d, one_thread, monkeypatch):
+    """A budget override (BUDA-Seg's rounds) changes what the benchmark runs, not just the row's label."""
+    from monai_uda.benchmarks import runner
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=2, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+    default, changed = tmp_path / "default", tmp_path / "changed"
+    run_benchmark(tiny_demo_2d, ["source", "buda"], str(default), mode="quick", progress=False)
+    run_benchmark(tiny_demo_2d, ["source", "buda"], str(changed), mode="quick", progress=False,
+                  overrides={"buda": {"num_rounds": 1}})
+    assert _row(default, "buda")["rounds"] == 2 and _row(changed, "buda")["rounds"] == 1
+    summaries = [json.loads((d / "seed0" / "buda" / "adapt_summary.json").read_text()) for d in (default, changed)]
+    assert [len(s["train_history"]) for s in summaries] == [2, 1]
+    weights = [torch.load(d / "seed0" / "buda" / "model.pt", map_location="cpu", weights_only=True)
+               for d in (default, changed)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_full_mode_leaves_training_lengths_to_the_bundles():
+    """Full mode passes only the data shape; epochs, rounds and learning rates come from the bundle configs."""
+    from monai_uda.benchmarks.methods import MethodContext
+    from monai_uda.benchmarks.runner import budget_for
+
+    for dims in (2, 3):
+        b = budget_for("full", dims)
+        assert not {"max_epochs", "epoch_length", "num_rounds", "learning_rate"} & set(b)
+    assert "max_epochs" in budget_for("quick", 2)
+    ctx = MethodContext("unused.json", "w", 0, budget_for("full", 2))
+    ctx._uda = type("U", (), {"spatial_dims": 2})()
+    assert "max_epochs" not in ctx.bundle_overrides("x")

@@ -48,6 +48,61 @@ def test_train_evaluate_infer_2d(tmp_path, tiny_demo_2d):
     assert isinstance(y, torch.Tensor) and y.shape == (1, 2, 32, 32)  # one tensor, as MONAI Label expects
 
 
+def _stop_epoch(curve: list[float], patience: int, max_epochs: int) -> int:
+    """The epoch at which ignite's EarlyStopping (min_delta 0) ends a training with this validation curve."""
+    best, counter = None, 0
+    for epoch, score in enumerate(curve, 1):
+        if best is None or score > best:
+            best, counter = score, 0
+        else:
+            counter += 1
+            if counter >= patience:
+                return epoch
+    return max_epochs
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path, tiny_demo_2d):
+    """model.pt holds the best validation epoch's weights, model_final.pt the last; training stops after
+    ``early_stop_patience`` validations without improvement; the curve is in validation_history.csv."""
+    from monai_uda.benchmarks.methods import training_record
+
+    wf = run_bundle(BUNDLE, "train.json", **_ov(tmp_path, tiny_demo_2d, max_epochs=8, epoch_length=1,
+                                                early_stop_patience=2, learning_rate=0.01))
+    models = tmp_path / "models"
+    history = pd.read_csv(models / "validation_history.csv")
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert list(history.epoch) == list(range(1, trainer.state.epoch + 1))
+    assert list(history.iteration) == list(history.epoch)  # epoch_length 1
+    assert trainer.state.epoch == _stop_epoch(list(history.val_mean_dice), 2, 8)
+    best_epoch = int(history.epoch[history.val_mean_dice.idxmax()])
+    best = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    final = torch.load(models / "model_final.pt", map_location="cpu", weights_only=True)
+    same = all(torch.equal(best[k], final[k]) for k in best)
+    assert same == (best_epoch == trainer.state.epoch)
+    rec = training_record(str(models / "model.pt"))
+    assert rec == {"val_dice": round(float(history.val_mean_dice.max()), 4), "best_iteration": best_epoch,
+                   "iterations": trainer.state.epoch}
+
+
+def test_oracle_selects_on_oracle_validation(tmp_path, tiny_demo_2d):
+    import json
+
+    dl = json.load(open(tiny_demo_2d))
+    base = os.path.dirname(tiny_demo_2d)
+    dl["base_dir"] = base  # relative paths stay those of the fixture's folder
+    dl["oracle_validation"] = dl["oracle_training"][:1]
+    path = tmp_path / "with_oracle_validation.json"
+    path.write_text(json.dumps(dl))
+    wf = run_bundle(BUNDLE, ["train.json", "train_oracle.json"], **_ov(tmp_path, str(path)))
+    assert wf.parser.get_parsed_content("validate_during_training") is True
+    data = wf.parser.get_parsed_content("validate#dataset#data")
+    assert [d["image"] for d in data] == [os.path.join(base, it["image"]) for it in dl["oracle_validation"]]
+    assert (tmp_path / "models" / "validation_history.csv").is_file()
+    # without the split the oracle trains to max_epochs and keeps its last weights
+    wf = run_bundle(BUNDLE, ["train.json", "train_oracle.json"], **_ov(tmp_path / "plain", tiny_demo_2d))
+    assert wf.parser.get_parsed_content("validate_during_training") is False
+
+
 def test_resume_continues_from_last_epoch(tmp_path, tiny_demo_2d):
     run_bundle(BUNDLE, "train.json", **_ov(tmp_path, tiny_demo_2d, validate_during_training=False))
     wf = run_bundle(BUNDLE, "train.json", **_ov(tmp_path, tiny_demo_2d, validate_during_training=False,

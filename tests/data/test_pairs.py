@@ -27,8 +27,11 @@ def test_pair_datalists(shared_data, tmp_path, pair, dims):
         assert not (tr & te), "adaptation images leak into the test set"
     else:
         assert tr == te
-    # the oracle never trains on the test images
-    assert not ({it["image"] for it in dl["oracle_training"]} & te)
+    # the oracle never trains on, nor selects its checkpoint on, the test images
+    otr = {it["image"] for it in dl["oracle_training"]}
+    oval = {it["image"] for it in dl["oracle_validation"]}
+    assert not (otr & te) and not (oval & te)
+    assert oval and not (otr & oval), "the oracle's validation images must be held out of its training"
 
 
 def test_unknown_pair_and_missing_root(tmp_path):

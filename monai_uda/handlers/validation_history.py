@@ -1,0 +1,55 @@
+"""`ValidationHistory`: the validation curve of a training, one CSV row per validation."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_uda.utils import atomic_write_text
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+
+__all__ = ["ValidationHistory"]
+
+
+class ValidationHistory:
+    """Append an evaluator's metrics to ``path`` (CSV) after every validation run.
+
+    Attach it to the evaluator that a ``ValidationHandler`` runs: the evaluator's ``state.epoch`` is then
+    the trainer's epoch. Each row holds ``epoch``, ``iteration`` (``epoch x epoch_length``, the training
+    iterations seen so far) and every metric of ``state.metrics``. The file is rewritten atomically each
+    time, so it always holds the whole curve; an existing file is continued (a resumed training).
+
+    Args:
+        path: the CSV file.
+        epoch_length: training iterations per epoch (for the ``iteration`` column); ``None`` leaves it out.
+    """
+
+    def __init__(self, path: str, epoch_length: int | None = None):
+        self.path = path
+        self.epoch_length = epoch_length
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        if os.path.isfile(self.path):
+            import pandas as pd
+
+            self.rows = pd.read_csv(self.path).to_dict("records")
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import pandas as pd
+
+        epoch = int(engine.state.epoch)
+        row = {"epoch": epoch}
+        if self.epoch_length:
+            row["iteration"] = epoch * int(self.epoch_length)
+        row.update({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [row]
+        atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
