@@ -83,6 +83,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     from monai_uda.benchmarks.runner import run_benchmark
     from monai_uda.data import build_pair_datalist
 
+    overrides = _overrides(a.override)  # refused before anything is written
     os.makedirs(a.out, exist_ok=True)
     if a.datalist:
         dl = a.datalist
@@ -92,7 +93,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     else:
         raise SystemExit("benchmark needs --pair (with --data-root) or --datalist")
     df = run_benchmark(dl, _methods(a.methods), a.out, mode="quick" if a.quick else "full", seeds=a.seeds,
-                       device=a.device, amp=a.amp, resume=a.resume, overrides=_overrides(a.override),
+                       device=a.device, amp=a.amp, resume=a.resume, overrides=overrides,
                        verbose=a.verbose)
     _print_summary(df, a.out)
     return 0
@@ -115,11 +116,56 @@ def _override_item(item: str) -> tuple[str, str, object]:
 
 
 def _overrides(items: Sequence[tuple[str, str, object]]) -> dict[str, dict]:
-    """``--override`` items as ``{method: {key: value}}``."""
+    """``--override`` items as ``{method: {key: value}}``; a key that no bundle config has, or a budget value
+    below 1, is refused in one line (a bundle run would take the first silently and fail late on the second)."""
     out: dict[str, dict] = {}
     for method, key, value in items or []:
+        _check_override(method, key, value)
         out.setdefault(method, {})[key] = value
     return out
+
+
+#: budget keys whose values must be positive integers
+_POSITIVE = {"max_epochs", "epoch_length", "batch_size", "num_samples", "num_rounds", "translation_epochs",
+             "translation_epoch_length", "translation_batch_size", "head_max_epochs", "head_epoch_length",
+             "source_max_epochs", "source_epoch_length", "val_interval"}
+
+
+def _config_ids() -> set[str]:
+    """Every config id (``key``, ``a#b``, ``a#0#c``) of every bundle's configs."""
+    import glob
+    import json
+
+    from monai_uda.bundle import bundles_root
+
+    ids: set[str] = set()
+
+    def walk(x: object, prefix: str) -> None:
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, v in items:
+            ids.add(f"{prefix}#{k}" if prefix else str(k))
+            walk(v, f"{prefix}#{k}" if prefix else str(k))
+
+    for f in glob.glob(os.path.join(str(bundles_root()), "*", "configs", "*.json")):
+        try:
+            with open(f) as fh:
+                walk(json.load(fh), "")
+        except (OSError, ValueError):
+            continue
+    return ids
+
+
+def _check_override(method: str, key: str, value: object) -> None:
+    import difflib
+
+    item = f"--override {method}:{key}={value}"
+    ids = _config_ids()
+    if ids and key not in ids:
+        close = difflib.get_close_matches(key, sorted(i for i in ids if "#" not in i or "#" in key), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{item}: no bundle config has the key {key!r}{hint}")
+    if key in _POSITIVE and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"{item}: {key} must be a positive integer")
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -281,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    """End the line of a progress bar an error interrupted, so that the error gets a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with MONAI's dependencies
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
@@ -297,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = user_error(e)
         if args.debug or cause is None:
             raise
+        _close_progress_bars()
         print(f"monai-uda {args.cmd}: error: {error_message(cause)} (--debug shows the traceback)", file=sys.stderr)
         return 2
 

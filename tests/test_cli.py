@@ -227,3 +227,32 @@ def test_threads_option_is_used_and_printed_first(tmp_path, capsys):
     assert code == 2 and out.splitlines()[0] == "threads: torch 1 (--threads), data-loader workers 0"
     assert torch.get_num_threads() == 1
 
+
+
+def test_override_of_an_unknown_key_or_a_zero_budget_is_refused_before_any_run(tiny_demo_2d, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["benchmark", "--datalist", tiny_demo_2d, "--methods", "source", "--quick", "--out", str(out),
+                 "--override", "source:max_epoch=2"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "source:max_epoch=2: no bundle config has the key 'max_epoch'; did you mean 'max_epochs'?" in line
+    code = main(["benchmark", "--datalist", tiny_demo_2d, "--methods", "source", "--quick", "--out", str(out),
+                 "--override", "source:max_epochs=0"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "max_epochs must be a positive integer" in line
+    assert not out.exists()
+
+
+def test_an_error_under_a_progress_bar_gets_its_own_line(monkeypatch, capsys):
+    from tqdm import tqdm
+
+    from monai_uda import cli
+
+    def fails(a):
+        bar = tqdm(range(3), desc="benchmark demo")
+        next(iter(bar))
+        raise ValueError("datalist x.json: something named")
+
+    monkeypatch.setattr(cli, "cmd_validate", fails)
+    assert main(["validate", "x.json"]) == 2
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("monai-uda validate: error: datalist x.json: something named"), last
