@@ -78,7 +78,9 @@ def test_quick_benchmark_on_real_pair(shared_data, tmp_path, capsys, pair):
     for f in ("results.csv", "results.md", "results.png"):
         assert (out / f).is_file(), f
     df = pd.read_csv(out / "results.csv")
-    assert list(df.method) == ["source", "oracle"] and set(df.pair) == {pair}
+    seeds = sorted(set(df.seed))
+    assert seeds == [0, 1, 2]  # the benchmark's default seeds (protocol v2)
+    assert list(df.method) == ["source", "oracle"] * len(seeds) and set(df.pair) == {pair}
     for col in ("dice", "iou", "surface_dice"):
         assert df[col].between(0.0, 1.0).all(), df[col]
     src, orc = (float(df.loc[df.method == m, "dice"].iloc[0]) for m in ("source", "oracle"))
