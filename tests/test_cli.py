@@ -114,6 +114,7 @@ def test_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys):
                  "--target", str(tmp_path)])
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and "3d.pt does not fit UDAUNet" in line
+    assert "conv_0.conv_0.conv.weight is [16, 1, 3, 3, 3] in the checkpoint, [16, 1, 3, 3] in this network" in line
 
 
 def test_second_benchmark_into_the_same_folder_is_refused(tiny_demo_2d, tmp_path, capsys):

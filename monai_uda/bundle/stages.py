@@ -242,11 +242,27 @@ def load_network(network: torch.nn.Module, path: str, device: Any = "cpu", uda: 
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
         raise CheckpointError(f"{path} does not fit {type(network).__name__} (another architecture, spatial_dims or "
-                              f"channel count?): {detail[:200]}") from None
+                              f"channel count?): {_mismatch(state, network)}") from None
     return network
+
+
+def _mismatch(state: Mapping[str, Any], network: torch.nn.Module) -> str:
+    """The first differences between a state dict and a network, in a few words (shapes, missing/extra keys)."""
+    own = network.state_dict()
+    shapes = [(k, list(v.shape), list(own[k].shape)) for k, v in state.items()
+              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
+    parts = []
+    if shapes:
+        k, theirs, ours = shapes[0]
+        more = f" (and {len(shapes) - 1} more tensors)" if len(shapes) > 1 else ""
+        parts.append(f"{k} is {theirs} in the checkpoint, {ours} in this network{more}")
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} unexpected tensor(s), e.g. {extra[0]}")
+    return "; ".join(parts) or "the state dict does not load"
 
 
 def save_network(network: torch.nn.Module, path: str) -> str:
