@@ -160,7 +160,8 @@ def _check_override(method: str, key: str, value: object) -> None:
 
     item = f"--override {method}:{key}={value}"
     ids = _config_ids()
-    if ids and key not in ids:
+    parent = key.rsplit("#", 1)[0] if "#" in key else None
+    if ids and key not in ids and parent not in ids:  # a new argument of an existing component is fine
         close = difflib.get_close_matches(key, sorted(i for i in ids if "#" not in i or "#" in key), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"{item}: no bundle config has the key {key!r}{hint}")

@@ -245,6 +245,16 @@ def test_override_of_an_unknown_key_or_a_zero_budget_is_refused_before_any_run(t
     assert not out.exists()
 
 
+def test_override_may_add_an_argument_to_an_existing_component():
+    """``network_def#features`` is not in any config but ``network_def`` is: a constructor argument, accepted;
+    a misspelt component is still refused."""
+    from monai_uda.cli import _check_override
+
+    _check_override("source", "network_def#features", [8, 8, 16, 32, 64, 8])
+    with pytest.raises(ValueError, match="netwrk_def#features"):
+        _check_override("source", "netwrk_def#features", [8])
+
+
 def test_an_error_under_a_progress_bar_gets_its_own_line(monkeypatch, capsys):
     from tqdm import tqdm
 

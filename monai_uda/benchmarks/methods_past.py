@@ -50,7 +50,11 @@ def past(ctx: MethodContext) -> MethodOutput:
     run_bundle(PAST_BUNDLE, ["train_translation.json", "translate.json"], **ov)
     t1 = time.time()
     run_bundle(PAST_BUNDLE, "train.json", **ov)
-    wf = run_bundle(PAST_BUNDLE, ["train.json", "self_train.json"], **ov)
+    rounds = dict(ov)
+    if "max_epochs" in ctx.budget:  # a cut budget (quick/demo) cuts the self-training rounds too
+        rounds.update(round_max_epochs=ov["max_epochs"], round_epoch_length=ov.get("epoch_length") or 10)
+    rounds.update(ctx.overrides)
+    wf = run_bundle(PAST_BUNDLE, ["train.json", "self_train.json"], **rounds)
     ckpt = wf.parser.get_parsed_content("adapted_checkpoint")
     return MethodOutput(
         checkpoint=ckpt,

@@ -15,7 +15,8 @@ import torch
 from monai_uda.bundle import bundle_dir, run_bundle
 
 BUNDLE = "pixel_alignment_segmentation"
-TINY = {"max_epochs": 1, "epoch_length": 2, "batch_size": 1, "num_samples": 1, "roi_size": [32, 32], "val_interval": 1}
+TINY = {"max_epochs": 1, "epoch_length": 2, "batch_size": 1, "num_samples": 1, "roi_size": [32, 32], "val_interval": 1,
+        "round_max_epochs": 1, "round_epoch_length": 2}
 LIMIT = 2  # first 2 items of every list: X_c = 2 translated source + 2 target slices
 TINY_GAN = {"translation_epochs": 1, "translation_epoch_length": 2, "translation_batch_size": 2,
             "translation_patch_size": [32, 32]}

@@ -74,7 +74,7 @@ def test_past_self_training_resumed_in_round_2_is_bit_identical(tmp_path, tiny_d
 
     bundle = "pixel_alignment_segmentation"
     tiny = {"max_epochs": 1, "epoch_length": 2, "batch_size": 1, "num_samples": 1, "roi_size": [32, 32],
-            "data_limit": 2, "validate_during_training": False}
+            "data_limit": 2, "validate_during_training": False, "round_max_epochs": 1, "round_epoch_length": 2}
     run_bundle(bundle, "train_translation.json", **_ov(tmp_path, tiny_demo_2d, data_limit=2, translation_epochs=1,
                                                        translation_epoch_length=1, translation_batch_size=1,
                                                        translation_patch_size=[32, 32]))

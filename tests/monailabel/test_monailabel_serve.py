@@ -509,7 +509,8 @@ METHOD_BUNDLES = {
                                      "translation_batch_size": 2, "translation_patch_size": [32, 32], "data_limit": 2}),
          (["train_translation.json", "translate.json"], {"data_limit": 2}),
          ("train.json", {**_T, "max_epochs": 1, "epoch_length": 2, "data_limit": 2}),
-         (["train.json", "self_train.json"], {**_T, "max_epochs": 1, "epoch_length": 2, "data_limit": 2})],
+         (["train.json", "self_train.json"], {**_T, "max_epochs": 1, "epoch_length": 2, "data_limit": 2,
+                                               "round_max_epochs": 1, "round_epoch_length": 2})],
         "models/self_train/model.pt"),
 }
 
