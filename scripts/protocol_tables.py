@@ -10,7 +10,13 @@
   :func:`replay` reads the 1x result off the 2x curve. Where a real 1x run exists
   (``<pair>/1x/<model>_validation_history.csv``) the table checks that its curve is that prefix.
 
-``--write`` replaces the text between ``<!-- convergence -->`` and ``<!-- /convergence -->`` in the page.
+- The v2 results: ``docs/benchmarks/v2/<pair>/{results,per_image}.csv`` (``scripts/full_benchmarks.sh``).
+  :func:`v2_table` gives every method on every pair (Dice mean ± std over seeds, the seeds run, and the
+  paired Wilcoxon mark against source); :func:`v2_summary` the best method per pair among those
+  significantly better than source.
+
+``--write`` replaces the text between ``<!-- convergence -->`` and ``<!-- /convergence -->`` (and between
+``<!-- v2 -->`` and ``<!-- /v2 -->``, ``<!-- v2-summary -->`` and ``<!-- /v2-summary -->``) in the page.
 """
 
 from __future__ import annotations
@@ -86,19 +92,85 @@ def convergence_table(root: Path = ROOT) -> str:
     return "\n".join(lines) + "\n"
 
 
+ORDER = ["source", "oracle", "bn", "early", "st", "cbst", "buda", "selftrain", "mcdropout", "rf", "enhancer", "s2d",
+         "s2d_noteacher", "s2d_norect", "past", "fda", "histmatch"]
+
+
+def _v2(root: Path):
+    import sys
+
+    sys.path.insert(0, str(root.parents[1]))
+    from monai_uda.evaluation.significance import paired_test
+
+    out = {}
+    for pair in PAIRS:
+        rp, ip = root / "v2" / pair / "results.csv", root / "v2" / pair / "per_image.csv"
+        if rp.is_file() and ip.is_file():
+            out[pair] = (pd.read_csv(rp), pd.read_csv(ip), paired_test)
+    return out
+
+
+def _mean_std(v: pd.Series) -> str:
+    v = v.astype(float)
+    return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
+
+
+def v2_table(root: Path = ROOT) -> str:
+    """Target-test Dice, mean ± std over seeds (seeds run), with the paired test against source."""
+    data = _v2(root)
+    if not data:
+        return "No v2 results yet.\n"
+    pairs = list(data)
+    lines = ["| method | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
+    for m in ORDER:
+        cells = []
+        for pair in pairs:
+            df, pi, test = data[pair]
+            g = df[df.method == m]
+            if g.empty:
+                cells.append("—")
+                continue
+            mark = "" if m == "source" else " " + test(pi, m)["mark"]
+            cells.append(f"{_mean_std(g.dice)} ({len(g)}){mark}")
+        if any(c != "—" for c in cells):
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def v2_summary(root: Path = ROOT) -> str:
+    """Per pair: source, oracle and the best method significantly better than source (or none)."""
+    data = _v2(root)
+    if not data:
+        return "No v2 results yet.\n"
+    lines = ["| pair | source | oracle | best adaptation (significantly better than source) | seeds |",
+             "|---|---|---|---|---|"]
+    for pair, (df, pi, test) in data.items():
+        def ms(m):
+            g = df[df.method == m]
+            return "—" if g.empty else _mean_std(g.dice)
+        better = [(df[df.method == m].dice.mean(), m) for m in df.method.unique()
+                  if m not in ("source", "oracle") and test(pi, m)["mark"] == "+"]
+        best = max(better) if better else None
+        cell = "none" if best is None else f"{best[1]}: {ms(best[1])}"
+        lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {df.seed.nunique()} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--write", default=None, help="the page whose marked sections to replace")
     a = p.parse_args()
-    table = convergence_table()
+    tables = {"convergence": convergence_table(), "v2": v2_table(), "v2-summary": v2_summary()}
     if a.write is None:
-        print(table)
+        for name, table in tables.items():
+            print(f"## {name}\n\n{table}")
         return
     page = Path(a.write)
     text = page.read_text()
-    new = re.sub(r"(<!-- convergence -->\n).*?(<!-- /convergence -->)", lambda m: m.group(1) + table + m.group(2),
-                 text, flags=re.S)
-    page.write_text(new)
+    for name, table in tables.items():
+        text = re.sub(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", lambda m, t=table: m.group(1) + t + m.group(2),
+                      text, flags=re.S)
+    page.write_text(text)
 
 
 if __name__ == "__main__":
