@@ -29,11 +29,13 @@ class ValidationHistory:
     Args:
         path: the CSV file.
         epoch_length: training iterations per epoch (for the ``iteration`` column); ``None`` leaves it out.
+        optimizer: adds an ``lr`` column, the learning rate after this validation (e.g. of a plateau schedule).
     """
 
-    def __init__(self, path: str, epoch_length: int | None = None):
+    def __init__(self, path: str, epoch_length: int | None = None, optimizer=None):
         self.path = path
         self.epoch_length = epoch_length
+        self.optimizer = optimizer
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -51,5 +53,7 @@ class ValidationHistory:
         if self.epoch_length:
             row["iteration"] = epoch * int(self.epoch_length)
         row.update({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
+        if self.optimizer is not None:
+            row["lr"] = float(self.optimizer.param_groups[0]["lr"])
         self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [row]
         atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))

@@ -21,7 +21,7 @@ def test_rows_per_validation_and_continuation(tmp_path):
     ev.run([0], max_epochs=3)
     h = pd.read_csv(path)
     assert list(h.epoch) == [1, 2, 3] and list(h.iteration) == [25, 50, 75]
-    assert list(h.val_mean_dice) == [0.2, 0.5, 0.4] and "note" not in h
+    assert list(h.val_mean_dice) == [0.2, 0.5, 0.4] and "note" not in h and "lr" not in h
 
     # a resumed training continues the file and replaces what it validates again
     ev2 = Engine(lambda e, b: None)
@@ -35,3 +35,20 @@ def test_rows_per_validation_and_continuation(tmp_path):
     ev2.run([0])
     h = pd.read_csv(path)
     assert list(h.epoch) == [1, 2, 3] and list(h.val_mean_dice) == [0.2, 0.5, 0.9]
+
+
+def test_learning_rate_column(tmp_path):
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ev = Engine(lambda e, b: None)
+    ValidationHistory(str(tmp_path / "h.csv"), optimizer=opt).attach(ev)
+
+    @ev.on(Events.EPOCH_STARTED)
+    def _set(engine):
+        engine.state.metrics = {"val_mean_dice": 0.5}
+        opt.param_groups[0]["lr"] /= 2
+
+    ev.run([0], max_epochs=2)
+    h = pd.read_csv(tmp_path / "h.csv")
+    assert list(h.lr) == [0.05, 0.025] and "iteration" not in h
