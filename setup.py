@@ -28,11 +28,28 @@ def _ignore(folder: str, names: list[str]) -> set[str]:
     return {n for n in names if n in EXCLUDED or n.endswith(EXCLUDED_SUFFIXES) or n.startswith(".")}
 
 
+#: written next to the package in site-packages: one-line errors for ``python -m monai.bundle`` from start-up
+PTH_NAME = "monai_uda_bundle_errors.pth"
+
+
+def _pth_line() -> str:
+    import ast
+
+    tree = ast.parse((HERE / "monai_uda" / "bundle" / "startup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PTH_LINE":
+            return ast.literal_eval(node.value)
+    raise RuntimeError("monai_uda/bundle/startup.py has no PTH_LINE")
+
+
 class BuildPyWithBundles(build_py):
-    """``build_py`` that also copies the bundles and data manifests into the built package."""
+    """``build_py`` that also copies the bundles and data manifests into the built package, and writes
+    :data:`PTH_NAME` at the top of the build (site-packages once installed, editable installs included)."""
 
     def run(self) -> None:
         super().run()
+        Path(self.build_lib).mkdir(parents=True, exist_ok=True)
+        (Path(self.build_lib) / PTH_NAME).write_text(_pth_line())
         if getattr(self, "editable_mode", False):  # an editable install reads the repository's folders directly
             return
         for src_name, dst_name in PACKAGE_DATA_DIRS.items():
@@ -47,7 +64,7 @@ class BuildPyWithBundles(build_py):
             self.announce(f"copied {src} -> {dst}", level=2)
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
-        outputs = list(super().get_outputs(include_bytecode))
+        outputs = list(super().get_outputs(include_bytecode)) + [str(Path(self.build_lib) / PTH_NAME)]
         if getattr(self, "editable_mode", False):
             return outputs
         for dst_name in PACKAGE_DATA_DIRS.values():
@@ -57,4 +74,32 @@ class BuildPyWithBundles(build_py):
         return outputs
 
 
-setup(cmdclass={"build_py": BuildPyWithBundles})
+try:  # editable installs (pip install -e): setuptools' editable wheel gets the .pth too
+    from setuptools.command.editable_wheel import editable_wheel
+
+    class EditableWheelWithHook(editable_wheel):
+        """``editable_wheel`` whose wheel also carries :data:`PTH_NAME` (its strategy writes only the finder)."""
+
+        def _select_strategy(self, name, tag, build_lib):
+            strategy = super()._select_strategy(name, tag, build_lib)
+
+            class WithPth:
+                def __enter__(self_):
+                    strategy.__enter__()
+                    return self_
+
+                def __exit__(self_, *exc):
+                    return strategy.__exit__(*exc)
+
+                def __call__(self_, wheel, files, mapping):
+                    strategy(wheel, files, mapping)
+                    wheel.writestr(PTH_NAME, _pth_line().encode())
+
+            return WithPth()
+
+    EDITABLE = {"editable_wheel": EditableWheelWithHook}
+except ImportError:  # an old setuptools without PEP 660 editable wheels
+    EDITABLE = {}
+
+
+setup(cmdclass={"build_py": BuildPyWithBundles, **EDITABLE})

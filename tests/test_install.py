@@ -84,6 +84,8 @@ def test_regular_install_runs_a_packaged_bundle(tmp_path, tiny_demo_2d):
     assert not any((bundle / d).exists() for d in BUNDLE_SKIP)  # run outputs of the checkout are not shipped
     assert site in Path(info["manifests"]).resolve().parents and "cc359" in info["names"]
     assert info["schema"] and info["pairs"] > 0
+    # the start-up line that gives `python -m monai.bundle run` one-line errors before any config is read
+    assert (site / "monai_uda_bundle_errors.pth").is_file()
 
     cmd = [py, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
            "--datalist", tiny_demo_2d, *TINY]

@@ -17,24 +17,13 @@ __all__ = ["run_bundle", "install_one_line_errors"]
 def install_one_line_errors() -> None:
     """Make ``python -m monai.bundle run`` print a user error as one line (``MONAI_UDA_DEBUG=1``: the traceback).
 
-    Called when a bundle config imports ``monai_uda.bundle`` inside MONAI's bundle command line; other
-    programs keep their exception hook.
+    Called when a bundle config imports ``monai_uda.bundle`` inside MONAI's bundle command line (and, before
+    any config is read, by the start-up hook of :mod:`monai_uda.bundle.startup`); other programs keep their
+    exception hook.
     """
-    import sys
+    from .startup import install
 
-    if os.environ.get("MONAI_UDA_DEBUG") or getattr(sys.excepthook, "_monai_uda", False):
-        return
-    previous = sys.excepthook
-
-    def hook(etype, value, tb):
-        cause = user_error(value)
-        if cause is None:
-            return previous(etype, value, tb)
-        print(f"monai.bundle run: error: {error_message(cause)} (MONAI_UDA_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-
-    hook._monai_uda = True  # type: ignore[attr-defined]
-    sys.excepthook = hook
+    install()
 
 
 def _in_bundle_cli() -> bool:

@@ -57,3 +57,44 @@ def test_the_hook_leaves_bugs_and_debug_runs_alone(monkeypatch, capsys):
     sys.excepthook(KeyError, KeyError("'lable' is not a key"), None)
     assert capsys.readouterr().err.strip() == ("monai.bundle run: error: 'lable' is not a key "
                                                "(MONAI_UDA_DEBUG=1 shows the traceback)")
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed"])
+def test_config_file_errors_before_any_config_is_read(tmp_path, case):
+    """MONAI reads --config_file before any monai_uda import in it; the installed start-up hook
+    (monai_uda_bundle_errors.pth) still turns a missing or malformed config file into one line naming it."""
+    cfg = tmp_path / "configs" / "train.json"
+    if case == "malformed":
+        cfg.parent.mkdir()
+        cfg.write_text('{\n  "a": 1,\n  b: 2\n}\n')
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(cfg)]
+    env = {k: v for k, v in os.environ.items() if k != "MONAI_UDA_DEBUG"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln or "Traceback" in ln]
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(errors) == 1 and str(cfg) in errors[0] and errors[0].startswith("monai.bundle run: error: ")
+    if case == "malformed":
+        assert "is not valid JSON" in errors[0] and "line 3 column 3" in errors[0]
+
+
+def test_startup_hook_only_for_the_bundle_command_line():
+    from monai_uda.bundle.startup import _config_files, in_bundle_cli, json_error_file
+
+    assert in_bundle_cli(["python", "-m", "monai.bundle", "run"])
+    assert not in_bundle_cli(["python", "-m", "pytest"]) and not in_bundle_cli(["python", "x.py", "monai.bundle"])
+    assert _config_files(["-m", "monai.bundle", "run", "--config_file", "['a.json','b.json']"]) == ["a.json", "b.json"]
+    assert _config_files(["run", "--config_file=c.json"]) == ["c.json"]
+    assert json_error_file(["run", "--config_file", "absent.json"]) is None  # absent: MONAI's own message says so
+
+
+def test_installed_startup_line_is_the_packages():
+    """The .pth in site-packages is the line of monai_uda/bundle/startup.py (setup.py writes it at install)."""
+    import sysconfig
+    from pathlib import Path
+
+    from monai_uda.bundle.startup import PTH_LINE
+
+    pth = Path(sysconfig.get_paths()["purelib"]) / "monai_uda_bundle_errors.pth"
+    if not pth.is_file():
+        pytest.skip("monai_uda is not pip-installed in this environment")
+    assert pth.read_text() == PTH_LINE

@@ -1,0 +1,86 @@
+"""One-line errors for ``python -m monai.bundle run`` *before* a config is loaded.
+
+MONAI reads the ``--config_file`` files before any ``monai_uda`` import in them can install
+:func:`monai_uda.bundle.run.install_one_line_errors`, so a missing or malformed config file used to end in a
+25 to 45-line traceback. The package installs ``monai_uda_bundle_errors.pth`` into site-packages; Python runs
+its one line at start-up, which calls :func:`install` only when the interpreter was started as
+``python -m monai.bundle ...`` (every other program is untouched and imports nothing). :func:`install`
+installs the same hook early; a JSON error additionally names the config file that does not parse.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["in_bundle_cli", "install", "PTH_LINE"]
+
+#: the line of ``monai_uda_bundle_errors.pth`` (site runs lines that start with "import")
+PTH_LINE = ("import sys; 'monai.bundle' in getattr(sys, 'orig_argv', [])[1:3] and "
+            "__import__('monai_uda.bundle.startup', fromlist=['install']).install()\n")
+
+
+def in_bundle_cli(argv: list[str] | None = None) -> bool:
+    """Whether the interpreter runs ``python -m monai.bundle``."""
+    argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
+    return any(a == "-m" and b == "monai.bundle" for a, b in zip(argv, argv[1:]))
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    """The ``--config_file`` values of a ``monai.bundle run`` command line (a path or a list literal)."""
+    import ast
+
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--config_file=") else argv[i + 1] if a == "--config_file" and \
+            i + 1 < len(argv) else None
+        if value is None:
+            continue
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        return [str(p) for p in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
+    return []
+
+
+def json_error_file(argv: list[str]) -> str | None:
+    """The first ``--config_file`` that is not valid JSON, with the parser's message."""
+    import json
+
+    for path in _config_files(argv):
+        if not path.endswith(".json"):
+            continue
+        try:
+            with open(path) as f:
+                json.load(f)
+        except json.JSONDecodeError as e:
+            return f"{path} is not valid JSON: {e}"
+        except OSError:
+            continue
+    return None
+
+
+def install() -> None:
+    """Install the one-line error hook now (``MONAI_UDA_DEBUG=1`` keeps tracebacks)."""
+    import json
+    import os
+
+    if os.environ.get("MONAI_UDA_DEBUG") or getattr(sys.excepthook, "_monai_uda", False):
+        return
+    previous = sys.excepthook
+
+    def hook(etype, value, tb):
+        if isinstance(value, json.JSONDecodeError):
+            where = json_error_file(list(getattr(sys, "orig_argv", sys.argv)))
+            if where:
+                print(f"monai.bundle run: error: {where} (MONAI_UDA_DEBUG=1 shows the traceback)", file=sys.stderr)
+                return
+        from monai_uda.utils import error_message, user_error
+
+        cause = user_error(value)
+        if cause is None:
+            return previous(etype, value, tb)
+        print(f"monai.bundle run: error: {error_message(cause)} (MONAI_UDA_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+
+    hook._monai_uda = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
