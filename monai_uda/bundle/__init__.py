@@ -1,7 +1,7 @@
 """Helpers that bundle configs call: where a bundle lives, how to run one from Python."""
 
 from .. import distributed  # monai_uda.distributed (torch-only, cheap to import), exposed for the configs
-from .checkpoint import latest_checkpoint, resume_from
+from .checkpoint import SelectionState, latest_checkpoint, resume_from
 from .inference import output_ext, report_outputs
 from .locate import bundle_dir, bundles_root, locate_bundle_root
 from .run import run_bundle
@@ -17,5 +17,5 @@ from .stages import (
 )
 from .tracking import log_to_trackers
 
-__all__ = ["distributed", "latest_checkpoint", "resume_from", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "evaluated_checkpoint", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint",
+__all__ = ["distributed", "latest_checkpoint", "resume_from", "SelectionState", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "evaluated_checkpoint", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint",
            "log_to_trackers", "output_ext", "report_outputs"]

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["latest_checkpoint", "resume_from"]
+__all__ = ["latest_checkpoint", "resume_from", "SelectionState"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +44,33 @@ def resume_from(path: str | None, objects: Mapping[str, Any], device: Any = "cpu
         trainer.state.max_epochs = int(max_epochs)
     logger.info(f"resumed from {path}")
     return True
+
+
+class SelectionState:
+    """What a resumed training needs to keep choosing its checkpoint as an uninterrupted one would.
+
+    The resume checkpoint holds the network, optimizer, trainer and learning-rate schedule; this object adds
+    the early stopper's counter and best score (MONAI ``EarlyStopHandler``) and the best-checkpoint saver's
+    record of the kept ``model.pt`` and its score (MONAI ``CheckpointSaver`` with ``save_key_metric``), so that
+    after a resume a worse validation does not overwrite the best model and patience is not reset.
+    """
+
+    def __init__(self, early_stop: Any = None, best_saver: Any = None):
+        self.early_stop = early_stop
+        self.best_saver = best_saver
+
+    def _parts(self) -> dict[str, Any]:
+        parts = {}
+        if self.early_stop is not None and getattr(self.early_stop, "_handler", None) is not None:
+            parts["early_stop"] = self.early_stop._handler  # ignite EarlyStopping
+        if self.best_saver is not None and getattr(self.best_saver, "_key_metric_checkpoint", None) is not None:
+            parts["best_saver"] = self.best_saver._key_metric_checkpoint  # ignite Checkpoint
+        return parts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.state_dict() for k, v in self._parts().items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for k, v in self._parts().items():
+            if k in state:
+                v.load_state_dict(state[k])

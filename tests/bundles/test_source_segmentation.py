@@ -141,3 +141,27 @@ def test_metadata_and_network_checks(verify_metadata):
     verify_metadata(BUNDLE)
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/multi_gpu_train.json"):
         assert (d / name).is_file(), name
+
+
+def test_resume_keeps_the_best_checkpoint_and_the_patience(tmp_path, tiny_demo_2d):
+    """The resume checkpoint carries the early stopper's counter and best score, the best-checkpoint saver's
+    record and the learning-rate schedule: after a resume, a worse validation cannot overwrite model.pt."""
+    from monai.bundle import ConfigWorkflow
+
+    ov = _ov(tmp_path, tiny_demo_2d, max_epochs=3, epoch_length=1, early_stop_patience=50, lr_patience=0,
+             learning_rate=0.01)
+    run_bundle(BUNDLE, "train.json", **ov)
+    history = pd.read_csv(tmp_path / "models" / "validation_history.csv")
+    d = bundle_dir(BUNDLE) / "configs"
+    wf = ConfigWorkflow(config_file=str(d / "train.json"), meta_file=str(d / "metadata.json"), logging_file=False,
+                        workflow_type=None, **{**ov, "max_epochs": 6, "resume": True})
+    wf.initialize()
+    best = float(history.val_mean_dice.max())
+    early = wf.parser.get_parsed_content("early_stop")._handler
+    saved = wf.parser.get_parsed_content("best_saver")._key_metric_checkpoint._saved
+    assert early.best_score == pytest.approx(best) and len(saved) == 1
+    assert saved[0].priority == pytest.approx(best)
+    # the early stopper counts the validations since the best one, as in an uninterrupted run
+    assert early.counter == len(history) - 1 - int(history.val_mean_dice.idxmax())
+    lr = wf.parser.get_parsed_content("optimizer").param_groups[0]["lr"]
+    assert lr == pytest.approx(float(history.lr.iloc[-1]))  # the plateau schedule's rate, not the initial one
