@@ -23,7 +23,8 @@ def _methods(s: str) -> list[str]:
 
 def _quiet_engines() -> None:
     """Keep engine/bundle INFO logs out of the way of the progress bar and the table."""
-    for name in ("", "ignite", "monai", "monai.bundle", "monai.handlers.StatsHandler", "py.warnings"):
+    for name in ("", "ignite", "monai", "monai.bundle", "monai.bundle.workflows", "monai.handlers.StatsHandler",
+                 "py.warnings"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import warnings
 

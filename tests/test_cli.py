@@ -22,7 +22,8 @@ def _keep_process_settings():
     import torch
 
     n = torch.get_num_threads()
-    names = ("", "ignite", "monai", "monai.bundle", "monai.handlers.StatsHandler", "py.warnings", "monai_uda")
+    names = ("", "ignite", "monai", "monai.bundle", "monai.bundle.workflows", "monai.handlers.StatsHandler",
+             "py.warnings", "monai_uda")
     levels = {name: logging.getLogger(name).level for name in names}
     with warnings.catch_warnings():  # restores the filters on exit
         yield
@@ -269,3 +270,25 @@ def test_an_error_under_a_progress_bar_gets_its_own_line(monkeypatch, capsys):
     assert main(["validate", "x.json"]) == 2
     last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
     assert last.startswith("monai-uda validate: error: datalist x.json: something named"), last
+
+
+def test_default_benchmark_output_is_one_bar_and_one_line_per_row(tiny_demo_2d, tmp_path, capfd, caplog,
+                                                                   monkeypatch):
+    """No inner progress bar (BN re-estimation, shallow-to-deep loading/forests/pseudo-labels), no engine INFO
+    log; the simulated-user notice once (a logged warning: once per process). -v would show the inner bars."""
+    import monai_uda.methods.shallow2deep.workflow as s2d_workflow
+
+    monkeypatch.setattr(s2d_workflow, "_WARNED", set())
+    out = tmp_path / "out"
+    code = main(["benchmark", "--datalist", tiny_demo_2d, "--methods", "source,bn,rf", "--quick", "--seeds", "0",
+                 "--out", str(out), "--threads", "1", "--override", "rf:n_forests=2", "--override", "rf:forest_trees=2"])
+    text = capfd.readouterr()
+    both = (text.out + text.err).replace("\r", "\n")
+    assert code == 0
+    for inner in ("BN re-estimation", "source forests", "pseudo-labels", "load source_training", "load oracle_training",
+                  "No workflow type", " - INFO - "):
+        assert inner not in both, inner
+    assert sum("SIMULATED USER" in r.getMessage() for r in caplog.records) == 1
+    rows = [ln for ln in both.splitlines() if ln.strip().startswith(("demo source seed 0:", "demo bn seed 0:",
+                                                                    "demo rf seed 0:"))]
+    assert len(rows) == 3

@@ -73,6 +73,9 @@ SIMULATED_USER_WARNING = (
 )
 
 
+_WARNED: set[str] = set()
+
+
 def _uda_kwargs(uda) -> dict[str, Any]:
     return {"spatial_dims": uda.spatial_dims, "in_channels": uda.in_channels, "label_map": uda.label_map,
             "binarize": uda.binarize, "pixdim": uda.pixdim}
@@ -113,6 +116,7 @@ def ensure_source_forests(
     n_jobs: int = 1,
     overwrite: bool = False,
     distributed: bool = False,
+    progress: bool = True,
 ) -> str:
     """Train the source forests (Section 2.1) and save them atomically to ``path``; reuse an existing file.
 
@@ -131,7 +135,7 @@ def ensure_source_forests(
     if exists:
         logger.info("source forests exist: %s", path)
         return path
-    items = loaded_items(uda, key, ("image", "label"), data_limit)
+    items = loaded_items(uda, key, ("image", "label"), data_limit, progress=progress)
     feats = PixelFeatures(**(features or {}))
     t = time.perf_counter()
     shard = None
@@ -142,7 +146,7 @@ def ensure_source_forests(
     forests = train_source_forests(
         [_to_np(d["image"]) for d in items], [_to_np(d["label"]) for d in items], n_forests=n_forests,
         patch_size_range=tuple(patch_size_range), samples_per_class=samples_per_class, seed=seed, n_jobs=n_jobs,
-        features=feats, n_estimators=n_estimators, shard=shard,
+        features=feats, n_estimators=n_estimators, shard=shard, progress=progress,
     )
     if distributed:
         from monai_uda.distributed import all_gather_objects, interleave_gathered, on_rank0
@@ -221,6 +225,7 @@ def scribble_items(
     brush_radius: int = 1,
     max_pixels: int | Sequence[int] | None = None,
     seed: int = 0,
+    progress: bool = True,
 ) -> tuple[list[dict], dict]:
     """Target images with brushstrokes, and the scribble budget.
 
@@ -234,6 +239,7 @@ def scribble_items(
             makes missing scribbles an error.
         n_images, n_strokes, stroke_length, brush_radius, max_pixels, seed: simulator settings
             (:func:`monai_uda.methods.shallow2deep.scribbles.simulate_scribbles`), ``n_images`` images of the split.
+        progress: show the loading bar.
 
     Returns:
         ``(items, info)``: items ``{"image": (1, *S) tensor, "scribble": (1, *S) uint8}`` and ``info`` with
@@ -242,7 +248,7 @@ def scribble_items(
     """
     if scribbles is not None:
         src = _read_scribble_datalist(scribbles)
-        loaded = loaded_items(uda, "scribbles", ("image", "scribble"), items=src)
+        loaded = loaded_items(uda, "scribbles", ("image", "scribble"), items=src, progress=progress)
         items = [{"image": d["image"], "scribble": np.rint(_to_np(d["scribble"])).astype(np.uint8)} for d in loaded]
         simulated = False
     else:
@@ -254,7 +260,8 @@ def scribble_items(
             raise ValueError(f"no scribbles given and the split {simulate_key!r} is empty: nothing to simulate from.")
         rng = np.random.default_rng(seed)
         pick = sorted(rng.choice(len(split), size=min(int(n_images), len(split)), replace=False).tolist())
-        loaded = loaded_items(uda, simulate_key, ("image", "label"), items=[split[i] for i in pick])
+        loaded = loaded_items(uda, simulate_key, ("image", "label"), items=[split[i] for i in pick],
+                              progress=progress)
         items = [{"image": d["image"], "scribble": simulate_scribbles(
             _to_np(d["label"]), n_strokes=n_strokes if np.isscalar(n_strokes) else tuple(n_strokes),
             stroke_length=stroke_length, brush_radius=brush_radius,
@@ -273,7 +280,10 @@ def scribble_items(
         budget = (f"{info['scribble_images']} images, {n_strokes} strokes/class of <= {stroke_length} steps, brush "
                   f"radius {brush_radius}: {info['scribble_pixels']} labelled pixels "
                   f"({info['scribble_bg_pixels']} bg / {info['scribble_fg_pixels']} fg)")
-        logger.warning(SIMULATED_USER_WARNING.format(key=simulate_key, budget=budget))
+        message = SIMULATED_USER_WARNING.format(key=simulate_key, budget=budget)
+        if message not in _WARNED:  # once per process: the stage and the adaptation run both build the strokes
+            _WARNED.add(message)
+            logger.warning(message)
     else:
         logger.info("user scribbles: %s", info)
     return items, info
@@ -359,6 +369,7 @@ class ForestEnhancerNet(nn.Module):
 def pseudo_label_items(
     net: ForestEnhancerNet, uda, key: str = "target_training", data_limit: int | None = None,
     cache_dir: str | None = None, device: str | torch.device = "cpu", indices: Sequence[int] | None = None,
+    progress: bool = True,
 ) -> list[dict]:
     """The enhancer's soft foreground probabilities on the unlabelled target images (the pseudo-labels).
 
@@ -373,7 +384,7 @@ def pseudo_label_items(
     order = range(len(items)) if indices is None else [int(i) for i in indices]
     net = net.to(device).eval()
     out = []
-    for k in tqdm(order, desc="pseudo-labels", leave=False):
+    for k in tqdm(order, desc="pseudo-labels", leave=False, disable=not progress):
         it = items[k]
         cached = None
         if cache_dir:
