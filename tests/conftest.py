@@ -66,6 +66,25 @@ def verify_metadata():
 
 
 @pytest.fixture
+def killed_in_round(monkeypatch):
+    """``killed_in_round(k)``: from now on the self-training engine's round ``k`` raises KeyboardInterrupt (a run
+    killed there); ``killed_in_round(None)`` undoes it. For the resume tests of the round-based bundles."""
+    from monai_uda.engines.self_training import RoundTrainer
+
+    real_call = RoundTrainer.__call__
+
+    def kill(k):
+        def call(self, model, datalist, round_index):
+            if round_index == k:
+                raise KeyboardInterrupt(f"killed in round {k}")
+            return real_call(self, model, datalist, round_index)
+
+        monkeypatch.setattr(RoundTrainer, "__call__", real_call if k is None else call)
+
+    return kill
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op torch thread: OpenMP spinning makes tiny networks very slow on a shared 2-core machine."""
     import torch

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
-from monai.utils import IgniteInfo, min_version, optional_import
+from ignite.engine import Engine, Events
 
 from monai_uda.utils import atomic_write_text
-
-Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
 __all__ = ["ValidationHistory"]
 

@@ -69,9 +69,7 @@ def test_shallow2deep_adapt_after_forest_and_enhancer_stages_is_bit_identical(tm
     _same_weights(whole / "models" / "model.pt", staged / "models" / "model.pt")
 
 
-def test_past_self_training_resumed_in_round_2_is_bit_identical(tmp_path, tiny_demo_2d, monkeypatch, one_thread):
-    from monai_uda.engines.self_training import RoundTrainer
-
+def test_past_self_training_resumed_in_round_2_is_bit_identical(tmp_path, tiny_demo_2d, killed_in_round, one_thread):
     bundle = "pixel_alignment_segmentation"
     tiny = {"max_epochs": 1, "epoch_length": 2, "batch_size": 1, "num_samples": 1, "roi_size": [32, 32],
             "data_limit": 2, "validate_during_training": False, "round_max_epochs": 1, "round_epoch_length": 2}
@@ -86,17 +84,10 @@ def test_past_self_training_resumed_in_round_2_is_bit_identical(tmp_path, tiny_d
                           **_ov(tmp_path, tiny_demo_2d, **tiny, self_train_dir=str(tmp_path / name), progress=False))
 
     self_train("whole")
-    real_call = RoundTrainer.__call__
-
-    def crash_in_round_2(self, model, datalist, round_index):
-        if round_index == 2:
-            raise KeyboardInterrupt("killed in round 2")
-        return real_call(self, model, datalist, round_index)
-
-    monkeypatch.setattr(RoundTrainer, "__call__", crash_in_round_2)
+    killed_in_round(2)
     with pytest.raises(KeyboardInterrupt):
         self_train("crashed")
-    monkeypatch.setattr(RoundTrainer, "__call__", real_call)
+    killed_in_round(None)
     wf = self_train("crashed")  # a new run resumes after round 1
     assert [h["round"] for h in wf.parser.get_parsed_content("round_trainer").history] == [2]
     _same_weights(tmp_path / "whole" / "model.pt", tmp_path / "crashed" / "model.pt")

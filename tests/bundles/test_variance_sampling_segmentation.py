@@ -178,24 +178,15 @@ def test_metadata_and_files(verify_metadata):
         assert (d / name).is_file(), name
 
 
-def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_demo_2d, source_2d, monkeypatch):
+def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_demo_2d, source_2d, killed_in_round):
     """Killed during round 2 of 2 and resumed: the same weights and history as an uninterrupted run."""
-    from monai_uda.engines.self_training import RoundTrainer
-
     whole = tmp_path / "whole"
     run_bundle(BUNDLE, "adapt.json", **_ov(whole, tiny_demo_2d, source_2d))
     crashed = tmp_path / "crashed"
-    real_call = RoundTrainer.__call__
-
-    def crash_in_round_2(self, model, datalist, round_index):
-        if round_index == 2:
-            raise KeyboardInterrupt("killed in round 2")
-        return real_call(self, model, datalist, round_index)
-
-    monkeypatch.setattr(RoundTrainer, "__call__", crash_in_round_2)
+    killed_in_round(2)
     with pytest.raises(KeyboardInterrupt):
         run_bundle(BUNDLE, "adapt.json", **_ov(crashed, tiny_demo_2d, source_2d))
-    monkeypatch.setattr(RoundTrainer, "__call__", real_call)
+    killed_in_round(None)
     assert _state(crashed)["completed"] == [0, 1]
     wf = run_bundle(BUNDLE, "adapt.json", **_ov(crashed, tiny_demo_2d, source_2d))  # a new run resumes
     assert [h["round"] for h in wf.parser.get_parsed_content("round_trainer").history] == [2]  # only round 2 ran
