@@ -21,14 +21,54 @@ def _methods(s: str) -> list[str]:
     return [m.strip() for m in s.split(",") if m.strip()]
 
 
-def _quiet_engines() -> None:
-    """Keep engine/bundle INFO logs out of the way of the progress bar and the table."""
-    for name in ("", "ignite", "monai", "monai.bundle", "monai.bundle.workflows", "monai.handlers.StatsHandler",
-                 "py.warnings"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    import warnings
+#: loggers whose INFO records are engine/bundle details: in the run's log file, not on the console
+_ENGINE_LOGGERS = ("ignite", "monai", "monai.bundle", "monai.bundle.workflows", "monai.handlers.StatsHandler",
+                   "StatsHandler", "py.warnings")
+#: the details log of a run, in its output folder
+LOG_NAME = "monai_uda.log"
 
-    warnings.filterwarnings("ignore")
+
+def _quiet_engines(log_file: str | None = None) -> None:
+    """Keep engine/bundle INFO logs off the console (warnings still show); with ``log_file``, write them there.
+
+    The console gets WARNING and above (a root stream handler); the log file gets INFO and above from the
+    engines (ignite, MONAI: losses, metrics, bundle steps) and every warning. Loggers that MONAI gives their own
+    console handler keep it, at WARNING.
+    """
+    root = logging.getLogger()
+    root.setLevel(logging.INFO if log_file else logging.WARNING)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console._monai_uda = True  # type: ignore[attr-defined]
+    root.handlers = [h for h in root.handlers if not getattr(h, "_monai_uda", False)] + [console]
+    py_warnings = logging.getLogger("py.warnings")
+    py_warnings.propagate = False  # warnings: the log file only
+    py_warnings.handlers = [h for h in py_warnings.handlers if not getattr(h, "_monai_uda", False)]
+    if log_file:
+        fh = _LazyFileHandler(log_file)
+        fh.setLevel(logging.INFO)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        fh._monai_uda = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+        py_warnings.addHandler(fh)
+    for name in _ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO if log_file else logging.WARNING)
+        for h in logger.handlers:  # MONAI's own stdout handlers (they do not propagate)
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # Python warnings go to the log file (py.warnings), not the console
+
+
+class _LazyFileHandler(logging.FileHandler):
+    """A file handler that creates its file (and folder) at the first record: a refused run leaves nothing."""
+
+    def __init__(self, path: str):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        os.makedirs(os.path.dirname(os.path.abspath(self.baseFilename)), exist_ok=True)
+        return super()._open()
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -59,8 +99,9 @@ def _print_summary(df, out: str) -> None:
     g = df.groupby("method")["dice"].mean()
     if "source" in g and "oracle" in g:
         print(f"source-only vs oracle: {100 * (g['oracle'] - g['source']):.1f} Dice points lost to the domain shift")
+    log = os.path.join(out, LOG_NAME)
     print(f"results: {os.path.join(out, 'results.csv')}, {os.path.join(out, 'results.md')}, "
-          f"{os.path.join(out, 'results.png')}")
+          f"{os.path.join(out, 'results.png')}" + (f"; details: {log}" if os.path.isfile(log) else ""))
 
 
 def cmd_datalist(a: argparse.Namespace) -> int:
@@ -342,7 +383,8 @@ def _close_progress_bars() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
-        _quiet_engines()
+        out = getattr(args, "out", None) if args.cmd in ("demo", "benchmark") else None
+        _quiet_engines(os.path.join(out, LOG_NAME) if out else None)
     if getattr(args, "verbose", False):  # progress bars that follow the log level (PAST's translation) show too
         logging.getLogger("monai_uda").setLevel(logging.INFO)
     try:

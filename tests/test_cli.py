@@ -23,13 +23,24 @@ def _keep_process_settings():
 
     n = torch.get_num_threads()
     names = ("", "ignite", "monai", "monai.bundle", "monai.bundle.workflows", "monai.handlers.StatsHandler",
-             "py.warnings", "monai_uda")
-    levels = {name: logging.getLogger(name).level for name in names}
+             "StatsHandler", "py.warnings", "monai_uda")
+    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers),
+                    logging.getLogger(name).propagate,
+                    [h.level for h in logging.getLogger(name).handlers]) for name in names}
     with warnings.catch_warnings():  # restores the filters on exit
         yield
     torch.set_num_threads(n)
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
+    logging.captureWarnings(False)
+    for name, (level, handlers, propagate, handler_levels) in saved.items():
+        logger = logging.getLogger(name)
+        for h in logger.handlers:
+            if h not in handlers:
+                h.close()
+        logger.setLevel(level)
+        logger.handlers = handlers
+        logger.propagate = propagate
+        for h, hl in zip(handlers, handler_levels):
+            h.setLevel(hl)
 
 
 def test_datalist_command_writes_pair(shared_data, tmp_path, capsys):
@@ -292,3 +303,7 @@ def test_default_benchmark_output_is_one_bar_and_one_line_per_row(tiny_demo_2d, 
     rows = [ln for ln in both.splitlines() if ln.strip().startswith(("demo source seed 0:", "demo bn seed 0:",
                                                                     "demo rf seed 0:"))]
     assert len(rows) == 3
+    # the details are in the run's log file: engine logs and the notice
+    log = (out / "monai_uda.log").read_text()
+    assert "ignite.engine" in log and " INFO: " in log and "SIMULATED USER" in log
+    assert f"details: {out / 'monai_uda.log'}" in text.out
