@@ -265,7 +265,9 @@ def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None, per_ima
     test of each method against source on per-image Dice (:func:`~monai_uda.evaluation.significance.paired_test`):
     ``+``/``-`` significantly better/worse at p < 0.05 with the p-value, ``=`` no significant difference.
     """
-    cols = [c for c in METRICS + ["dice_loss", "gap_closed", "seconds"] if c in df]
+    # time: the whole row (method + evaluation) where recorded; older results have the method's seconds only
+    time_col = "wall_seconds" if "wall_seconds" in df else "seconds"
+    cols = [c for c in METRICS + ["dice_loss", "gap_closed", time_col] if c in df]
     test = per_image is not None and len(per_image) > 0 and "source" in set(per_image.method)
     lines = []
     if meta:
@@ -279,7 +281,7 @@ def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None, per_ima
         cells = []
         for c in cols:
             v = g[c].astype(float)
-            if c == "seconds":
+            if c == time_col:
                 cells.append(f"{v.mean():.0f}")
             elif len(v) > 1:
                 cells.append(f"{v.mean():.3f} ± {v.std(ddof=0):.3f}")
@@ -326,10 +328,11 @@ def combined_table(result_dirs: Sequence[str]) -> str:
     """One markdown table (pair x method, mean over seeds) from several benchmark output folders."""
     frames = [pd.read_csv(os.path.join(d, "results.csv")) for d in result_dirs]
     df = pd.concat(frames, ignore_index=True)
-    cols = [c for c in ["dice", "iou", "surface_dice", "hd95", "dice_loss", "gap_closed", "seconds"] if c in df]
+    time_col = "wall_seconds" if "wall_seconds" in df else "seconds"
+    cols = [c for c in ["dice", "iou", "surface_dice", "hd95", "dice_loss", "gap_closed", time_col] if c in df]
     lines = ["| pair | method | seeds | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
     for (pair, method), g in df.groupby(["pair", "method"], sort=False):
-        cells = [f"{g[c].astype(float).mean():.0f}" if c == "seconds" else f"{g[c].astype(float).mean():.3f}"
+        cells = [f"{g[c].astype(float).mean():.0f}" if c == time_col else f"{g[c].astype(float).mean():.3f}"
                  for c in cols]
         lines.append(f"| {pair} | {method} | {len(g)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
