@@ -86,11 +86,37 @@ def _evaluate(ctx: MethodContext, out, subdir: str) -> tuple[dict[str, float], p
 
 
 def machine() -> dict[str, Any]:
-    """What produced a row: platform, core count, torch version and intra-op threads."""
+    """What produced a row: platform, core count, torch version, intra-op threads and the code (:func:`code_version`)."""
     import torch
 
     return {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "code": code_version()}
+
+
+_CODE: list[str] = []
+
+
+def code_version() -> str:
+    """The monai_uda code a row was made with: the git commit of its checkout (``-dirty`` when tracked files
+    differ from it), else the package version. Read once per process."""
+    if not _CODE:
+        import subprocess
+
+        import monai_uda
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(monai_uda.__file__)))
+        version = f"monai_uda {getattr(monai_uda, '__version__', '?')}"
+        try:
+            commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                                    text=True, timeout=10)
+            dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+            if commit.returncode == 0 and commit.stdout.strip():
+                version = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+        _CODE.append(version)
+    return _CODE[0]
 
 
 def _cpu_seconds() -> float:
@@ -156,6 +182,12 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
     rows = []
     images: list[pd.DataFrame] = []
     done, done_images = _previous_rows(out) if resume else ({}, None)
+    other = sorted({str(r.get("code")) for r in done.values() if r.get("code") not in (None, code_version())
+                    and str(r.get("code")) != "nan"})
+    if other:
+        logger.warning("resuming %s: its finished rows were made with other code (%s) than this run (%s); the "
+                       "table mixes them (the code column says which row is which)", out, ", ".join(other),
+                       code_version())
     jobs = [(s, m) for s in seeds for m in methods]
     bar = tqdm(jobs, desc=f"benchmark {uda.name}", disable=not progress, unit="run")
     for seed in seeds:
@@ -238,7 +270,7 @@ def _previous_rows(out: str) -> tuple[dict[tuple[str, int], dict[str, Any]], pd.
     for name in ("results.csv", "results.partial.csv", os.path.join(PARTIAL_DIR, "results.csv")):
         p = os.path.join(out, name)
         if os.path.isfile(p):
-            for r in pd.read_csv(p).to_dict("records"):
+            for r in pd.read_csv(p, dtype={"code": str}).to_dict("records"):
                 r.pop("gap_closed", None)
                 r.pop("dice_loss", None)
                 rows[(r["method"], int(r["seed"]))] = r

@@ -91,3 +91,17 @@ def test_plots_write_png_and_leave_the_matplotlib_backend_alone(tmp_path):
             assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
         matplotlib.use(before)
+
+
+def test_rows_record_the_code_and_a_resume_with_other_code_says_so(tmp_path, tiny_demo_2d, caplog):
+    """Each row records the code that made it (git commit, -dirty); resuming a folder whose rows came from other
+    code warns that the table mixes them."""
+    from monai_uda.benchmarks.runner import code_version, machine
+
+    assert machine()["code"] == code_version() and code_version()
+    pd.DataFrame({"pair": ["demo"], "method": ["source"], "seed": [0], "dice": [0.5], "code": ["0123456789"]}).to_csv(
+        tmp_path / "results.csv", index=False)
+    with caplog.at_level("WARNING"):
+        df = run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), mode="quick", progress=False, resume=True)
+    assert df.dice.iloc[0] == 0.5  # the finished row is kept, not re-run
+    assert any("other code (0123456789)" in r.getMessage() for r in caplog.records)
