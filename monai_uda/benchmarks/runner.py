@@ -97,8 +97,9 @@ _CODE: list[str] = []
 
 
 def code_version() -> str:
-    """The monai_uda code a row was made with: the git commit of its checkout (``-dirty`` when tracked files
-    differ from it), else the package version. Read once per process."""
+    """The monai_uda code a row was made with: the git commit of its checkout (``-dirty`` when tracked files of
+    the package, the bundles or the manifests differ from it; docs do not count), else the package version.
+    Read once per process."""
     if not _CODE:
         import subprocess
 
@@ -109,8 +110,8 @@ def code_version() -> str:
         try:
             commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=10", "HEAD"], capture_output=True,
                                     text=True, timeout=10)
-            dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10)
+            dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--",
+                                    "monai_uda", "bundles", "data_manifests"], capture_output=True, text=True, timeout=10)
             if commit.returncode == 0 and commit.stdout.strip():
                 version = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
         except (OSError, subprocess.SubprocessError):
