@@ -12,11 +12,23 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["in_bundle_cli", "install", "PTH_LINE"]
+__all__ = ["in_bundle_cli", "install", "handle", "json_error_file", "PTH_LINE"]
 
-#: the line of ``monai_uda_bundle_errors.pth`` (site runs lines that start with "import")
-PTH_LINE = ("import sys; 'monai.bundle' in getattr(sys, 'orig_argv', [])[1:3] and "
-            "__import__('monai_uda.bundle.startup', fromlist=['install']).install()\n")
+#: the line of ``monai_uda_bundle_errors.pth`` (site runs lines that start with "import"). It imports nothing else
+#: at start-up (site may not have put every site-packages folder on the path yet, and other programs must not
+#: pay for it): for ``python -m monai.bundle`` it installs a small hook that loads this module only when an
+#: exception reaches the top.
+PTH_LINE = (
+    "import sys; exec(\"if 'monai.bundle' in getattr(sys, 'orig_argv', [])[1:3]:\\n"
+    " def _monai_uda_hook(t, v, b, _previous=sys.excepthook):\\n"
+    "  try:\\n"
+    "   from monai_uda.bundle.startup import handle\\n"
+    "  except Exception:\\n"
+    "   return _previous(t, v, b)\\n"
+    "  return handle(t, v, b, _previous)\\n"
+    " _monai_uda_hook._monai_uda = True\\n"
+    " sys.excepthook = _monai_uda_hook\")\n"
+)
 
 
 def in_bundle_cli(argv: list[str] | None = None) -> bool:
@@ -59,9 +71,31 @@ def json_error_file(argv: list[str]) -> str | None:
     return None
 
 
+def handle(etype, value, tb, previous) -> None:
+    """Print a user error (missing file, bad key, a config file that is not JSON) as one line; anything else
+    goes to ``previous`` (the traceback of a bug). ``MONAI_UDA_DEBUG=1`` keeps every traceback."""
+    import json
+    import os
+
+    if os.environ.get("MONAI_UDA_DEBUG"):
+        return previous(etype, value, tb)
+    if isinstance(value, json.JSONDecodeError):
+        where = json_error_file(list(getattr(sys, "orig_argv", sys.argv)))
+        if where:
+            print(f"monai.bundle run: error: {where} (MONAI_UDA_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return None
+    from monai_uda.utils import error_message, user_error
+
+    cause = user_error(value)
+    if cause is None:
+        return previous(etype, value, tb)
+    print(f"monai.bundle run: error: {error_message(cause)} (MONAI_UDA_DEBUG=1 shows the traceback)",
+          file=sys.stderr)
+    return None
+
+
 def install() -> None:
     """Install the one-line error hook now (``MONAI_UDA_DEBUG=1`` keeps tracebacks)."""
-    import json
     import os
 
     if os.environ.get("MONAI_UDA_DEBUG") or getattr(sys.excepthook, "_monai_uda", False):
@@ -69,18 +103,7 @@ def install() -> None:
     previous = sys.excepthook
 
     def hook(etype, value, tb):
-        if isinstance(value, json.JSONDecodeError):
-            where = json_error_file(list(getattr(sys, "orig_argv", sys.argv)))
-            if where:
-                print(f"monai.bundle run: error: {where} (MONAI_UDA_DEBUG=1 shows the traceback)", file=sys.stderr)
-                return
-        from monai_uda.utils import error_message, user_error
-
-        cause = user_error(value)
-        if cause is None:
-            return previous(etype, value, tb)
-        print(f"monai.bundle run: error: {error_message(cause)} (MONAI_UDA_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        return handle(etype, value, tb, previous)
 
     hook._monai_uda = True  # type: ignore[attr-defined]
     sys.excepthook = hook
