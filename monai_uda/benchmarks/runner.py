@@ -180,6 +180,7 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
     from tqdm.auto import tqdm
 
     budget = budget_for(mode, uda.spatial_dims, roi_size)
+    code_version()  # the code as the run starts (later edits of the checkout do not relabel its rows)
     rows = []
     images: list[pd.DataFrame] = []
     done, done_images = _previous_rows(out) if resume else ({}, None)
