@@ -25,6 +25,7 @@ run() {
     --out "$out/$pair" --resume --threads "$threads" || { echo "=== $pair failed" >&2; return 1; }
   mkdir -p "docs/benchmarks/v2/$pair"
   cp "$out/$pair"/{results.csv,results.md,results.png,per_image.csv} "docs/benchmarks/v2/$pair/"
+  python scripts/protocol_tables.py --write
 }
 for p in A1 B2 C1 D1; do run $p "$s1"; done
 for p in A1 B2 C1 D1; do run $p "$s2"; done

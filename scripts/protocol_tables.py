@@ -1,6 +1,7 @@
 """Tables of docs/benchmarks/protocol.md from the committed protocol runs.
 
-    python scripts/protocol_tables.py [--write docs/benchmarks/protocol.md]
+    python scripts/protocol_tables.py                 # print the tables
+    python scripts/protocol_tables.py --write         # protocol.md and v2/README.md (or the pages given)
 
 - Convergence of source and oracle: ``docs/benchmarks/convergence/<pair>/`` holds the benchmark output of
   ``--methods source,oracle`` with the bundle's cap and early-stopping patience doubled (2x: 160 epochs,
@@ -158,19 +159,20 @@ def v2_summary(root: Path = ROOT) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--write", default=None, help="the page whose marked sections to replace")
+    p.add_argument("--write", nargs="*", default=None, help="the pages whose marked sections to replace")
     a = p.parse_args()
     tables = {"convergence": convergence_table(), "v2": v2_table(), "v2-summary": v2_summary()}
     if a.write is None:
         for name, table in tables.items():
             print(f"## {name}\n\n{table}")
         return
-    page = Path(a.write)
-    text = page.read_text()
-    for name, table in tables.items():
-        text = re.sub(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", lambda m, t=table: m.group(1) + t + m.group(2),
-                      text, flags=re.S)
-    page.write_text(text)
+    for page in map(Path, a.write or [ROOT / "protocol.md", ROOT / "v2" / "README.md"]):
+        text = page.read_text()
+        for name, table in tables.items():
+            text = re.sub(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)",
+                          lambda m, t=table: m.group(1) + t + m.group(2), text, flags=re.S)
+        page.write_text(text)
+        print(f"wrote {page}")
 
 
 if __name__ == "__main__":
