@@ -21,6 +21,11 @@ s4="$s2,past,fda,histmatch"
 run() {
   local pair=$1 methods=$2
   echo "=== $(date +%T) $pair: $methods"
+  # a new machine continues from the committed rows (a seed's source model is retrained, deterministically,
+  # only when a method still to run needs it)
+  if [ ! -f "$out/$pair/results.csv" ] && [ -f "docs/benchmarks/v2/$pair/results.csv" ]; then
+    mkdir -p "$out/$pair" && cp "docs/benchmarks/v2/$pair"/{results.csv,per_image.csv} "$out/$pair/"
+  fi
   python -m monai_uda benchmark --pair "$pair" --data-root "$data" --methods "$methods" --seeds 0 1 2 \
     --out "$out/$pair" --resume --threads "$threads" || { echo "=== $pair failed" >&2; return 1; }
   mkdir -p "docs/benchmarks/v2/$pair"
