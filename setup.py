@@ -77,27 +77,36 @@ class BuildPyWithBundles(build_py):
 try:  # editable installs (pip install -e): setuptools' editable wheel gets the .pth too
     from setuptools.command.editable_wheel import editable_wheel
 
+    class _WithPth:
+        """An editable strategy that also writes :data:`PTH_NAME` into the wheel."""
+
+        def __init__(self, strategy):
+            self.strategy = strategy
+
+        def __enter__(self):
+            self.strategy.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.strategy.__exit__(*exc)
+
+        def __call__(self, wheel, *args, **kwargs):
+            self.strategy(wheel, *args, **kwargs)
+            try:
+                wheel.writestr(PTH_NAME, _pth_line().encode())
+            except Exception as e:  # never fail an install for the start-up hook
+                print(f"monai_uda: {PTH_NAME} not installed ({e}); bundle config errors keep MONAI's traceback")
+
     class EditableWheelWithHook(editable_wheel):
-        """``editable_wheel`` whose wheel also carries :data:`PTH_NAME` (its strategy writes only the finder)."""
+        """``editable_wheel`` whose wheel also carries :data:`PTH_NAME` (its strategy writes only the finder).
+        ``_select_strategy`` is setuptools' internal hook: if it is missing or changes, the install goes on
+        without the line."""
 
-        def _select_strategy(self, name, tag, build_lib):
-            strategy = super()._select_strategy(name, tag, build_lib)
+        def _select_strategy(self, *args, **kwargs):
+            strategy = super()._select_strategy(*args, **kwargs)
+            return _WithPth(strategy) if hasattr(strategy, "__enter__") else strategy
 
-            class WithPth:
-                def __enter__(self_):
-                    strategy.__enter__()
-                    return self_
-
-                def __exit__(self_, *exc):
-                    return strategy.__exit__(*exc)
-
-                def __call__(self_, wheel, files, mapping):
-                    strategy(wheel, files, mapping)
-                    wheel.writestr(PTH_NAME, _pth_line().encode())
-
-            return WithPth()
-
-    EDITABLE = {"editable_wheel": EditableWheelWithHook}
+    EDITABLE = {"editable_wheel": EditableWheelWithHook} if hasattr(editable_wheel, "_select_strategy") else {}
 except ImportError:  # an old setuptools without PEP 660 editable wheels
     EDITABLE = {}
 
