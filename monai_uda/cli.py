@@ -161,8 +161,9 @@ def _overrides(items: Sequence[tuple[str, str, object]]) -> dict[str, dict]:
     """``--override`` items as ``{method: {key: value}}``; a key that no bundle config has, or a budget value
     below 1, is refused in one line (a bundle run would take the first silently and fail late on the second)."""
     out: dict[str, dict] = {}
+    ids = _config_ids() if items else set()  # every bundle config read once, not once per item
     for method, key, value in items or []:
-        _check_override(method, key, value)
+        _check_override(method, key, value, ids)
         out.setdefault(method, {})[key] = value
     return out
 
@@ -197,11 +198,11 @@ def _config_ids() -> set[str]:
     return ids
 
 
-def _check_override(method: str, key: str, value: object) -> None:
+def _check_override(method: str, key: str, value: object, ids: set[str]) -> None:
+    """Refuse ``key`` when no bundle config id in ``ids`` (:func:`_config_ids`) has it or its parent component."""
     import difflib
 
     item = f"--override {method}:{key}={value}"
-    ids = _config_ids()
     parent = key.rsplit("#", 1)[0] if "#" in key else None
     if ids and key not in ids and parent not in ids:  # a new argument of an existing component is fine
         close = difflib.get_close_matches(key, sorted(i for i in ids if "#" not in i or "#" in key), n=1)

@@ -27,9 +27,11 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from results_tables import ORDER, PAIRS  # this folder's v1 page: the same pairs and method order
+
+from monai_uda.evaluation.significance import paired_test
 
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-PAIRS = ["A1", "B2", "C1", "D1"]
 
 
 def _row(path: Path, method: str):
@@ -93,21 +95,13 @@ def convergence_table(root: Path = ROOT) -> str:
     return "\n".join(lines) + "\n"
 
 
-ORDER = ["source", "oracle", "bn", "early", "st", "cbst", "buda", "selftrain", "mcdropout", "rf", "enhancer", "s2d",
-         "s2d_noteacher", "s2d_norect", "past", "fda", "histmatch"]
-
-
-def _v2(root: Path):
-    import sys
-
-    sys.path.insert(0, str(root.parents[1]))
-    from monai_uda.evaluation.significance import paired_test
-
+def _v2(root: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """``{pair: (results, per_image)}`` of the v2 pairs that have both files."""
     out = {}
     for pair in PAIRS:
         rp, ip = root / "v2" / pair / "results.csv", root / "v2" / pair / "per_image.csv"
         if rp.is_file() and ip.is_file():
-            out[pair] = (pd.read_csv(rp), pd.read_csv(ip), paired_test)
+            out[pair] = (pd.read_csv(rp), pd.read_csv(ip))
     return out
 
 
@@ -126,12 +120,12 @@ def v2_table(root: Path = ROOT) -> str:
     for m in ORDER:
         cells = []
         for pair in pairs:
-            df, pi, test = data[pair]
+            df, pi = data[pair]
             g = df[df.method == m]
             if g.empty:
                 cells.append("—")
                 continue
-            mark = "" if m == "source" else " " + test(pi, m)["mark"]
+            mark = "" if m == "source" else " " + paired_test(pi, m)["mark"]
             cells.append(f"{_mean_std(g.dice)} ({len(g)}){mark}")
         if any(c != "—" for c in cells):
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -145,12 +139,12 @@ def v2_summary(root: Path = ROOT) -> str:
         return "No v2 results yet.\n"
     lines = ["| pair | source | oracle | best adaptation (significantly better than source) | seeds |",
              "|---|---|---|---|---|"]
-    for pair, (df, pi, test) in data.items():
+    for pair, (df, pi) in data.items():
         def ms(m):
             g = df[df.method == m]
             return "—" if g.empty else _mean_std(g.dice)
         better = [(df[df.method == m].dice.mean(), m) for m in df.method.unique()
-                  if m not in ("source", "oracle") and test(pi, m)["mark"] == "+"]
+                  if m not in ("source", "oracle") and paired_test(pi, m)["mark"] == "+"]
         best = max(better) if better else None
         cell = "none" if best is None else f"{best[1]}: {ms(best[1])}"
         lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {df.seed.nunique()} |")

@@ -22,8 +22,9 @@ def _keep_process_settings():
     import torch
 
     n = torch.get_num_threads()
-    names = ("", "ignite", "monai", "monai.bundle", "monai.bundle.workflows", "monai.handlers.StatsHandler",
-             "StatsHandler", "py.warnings", "monai_uda")
+    from monai_uda.cli import _ENGINE_LOGGERS
+
+    names = ("", *_ENGINE_LOGGERS, "monai_uda")
     saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers),
                     logging.getLogger(name).propagate,
                     [h.level for h in logging.getLogger(name).handlers]) for name in names}
@@ -260,11 +261,12 @@ def test_override_of_an_unknown_key_or_a_zero_budget_is_refused_before_any_run(t
 def test_override_may_add_an_argument_to_an_existing_component():
     """``network_def#features`` is not in any config but ``network_def`` is: a constructor argument, accepted;
     a misspelt component is still refused."""
-    from monai_uda.cli import _check_override
+    from monai_uda.cli import _check_override, _config_ids
 
-    _check_override("source", "network_def#features", [8, 8, 16, 32, 64, 8])
+    ids = _config_ids()
+    _check_override("source", "network_def#features", [8, 8, 16, 32, 64, 8], ids)
     with pytest.raises(ValueError, match="netwrk_def#features"):
-        _check_override("source", "netwrk_def#features", [8])
+        _check_override("source", "netwrk_def#features", [8], ids)
 
 
 def test_an_error_under_a_progress_bar_gets_its_own_line(monkeypatch, capsys):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 __all__ = ["MethodContext", "MethodOutput", "METHODS", "PLUGINS", "register_method", "get_method", "load_methods",
-           "config_values"]
+           "config_values", "cap_rounds"]
 
 
 @dataclass
@@ -119,6 +119,14 @@ def load_methods() -> dict[str, dict[str, Any]]:
         except Exception as e:  # a broken plugin must not take the other methods down
             warnings.warn(f"method plugin {mod} failed to import and is skipped: {type(e).__name__}: {e}")
     return METHODS
+
+
+def cap_rounds(ov: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """In a cut budget (quick/demo: ``max_epochs`` given), no more pseudo-label rounds than epochs: set
+    ``num_rounds`` to ``min(rounds, max_epochs)`` unless it is given. Full mode keeps the bundle's ``num_rounds``."""
+    if "max_epochs" in ov and "num_rounds" not in ov:
+        ov["num_rounds"] = min(int(rounds), int(ov["max_epochs"] or 1))
+    return ov
 
 
 def config_values(workflow: Any, keys: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import json
 import os
 from typing import Any
 
-from monai_uda.benchmarks.methods import MethodContext, MethodOutput, register_method
+from monai_uda.benchmarks.methods import MethodContext, MethodOutput, cap_rounds, register_method
 from monai_uda.methods.buda.rounds import BUNDLE, CONFIGS
 
 __all__ = ["adapt_with_rounds", "DEFAULT_ROUNDS"]
@@ -50,8 +50,7 @@ def adapt_with_rounds(ctx: MethodContext, method: str, name: str | None = None, 
     name = name or method
     ov = ctx.bundle_overrides(name)
     ov.pop("validate_during_training", None)  # no validation in these configs
-    if "max_epochs" in ov and "num_rounds" not in ov:  # a cut budget (quick/demo): no more rounds than epochs
-        ov["num_rounds"] = min(DEFAULT_ROUNDS, int(ov["max_epochs"] or 1))
+    cap_rounds(ov, DEFAULT_ROUNDS)
     if "num_rounds" in overrides:
         ov["num_rounds"] = int(overrides.pop("num_rounds"))
     ov["source_checkpoint"] = ctx.source_checkpoint()

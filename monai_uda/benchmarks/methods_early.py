@@ -25,7 +25,7 @@ import json
 import os
 import time
 
-from .methods import MethodContext, MethodOutput, register_method
+from .methods import MethodContext, MethodOutput, cap_rounds, register_method
 
 __all__ = ["BUNDLE", "ST_ROUNDS", "ST_CONFIGS", "early_features", "self_training", "cbst"]
 
@@ -77,8 +77,7 @@ def _pseudo_label_method(ctx: MethodContext, mode: str) -> MethodOutput:
 
     ov = ctx.bundle_overrides(mode)
     ov.pop("validate_during_training", None)  # no validation in these configs
-    if "max_epochs" in ov and "num_rounds" not in ov:  # a cut budget (quick/demo): no more rounds than epochs
-        ov["num_rounds"] = min(ST_ROUNDS, int(ov["max_epochs"] or 1))
+    cap_rounds(ov, ST_ROUNDS)
     ov.update(
         source_checkpoint=ctx.source_checkpoint(),
         self_train_dir=ov["ckpt_dir"],  # rounds, model.pt and the summary directly in <workdir>/<mode>

@@ -8,9 +8,10 @@ from typing import Any, Sequence
 
 from monai.bundle import ConfigWorkflow
 
-from monai_uda.utils import error_message, user_error
+from monai_uda.utils import user_error
 
 from .locate import bundle_dir
+from .startup import in_bundle_cli, install
 
 __all__ = ["run_bundle", "install_one_line_errors"]
 
@@ -21,19 +22,10 @@ def install_one_line_errors() -> None:
     any config is read, by the start-up hook of :mod:`monai_uda.bundle.startup`); other programs keep their
     exception hook.
     """
-    from .startup import install
-
     install()
 
 
-def _in_bundle_cli() -> bool:
-    import sys
-
-    main = sys.modules.get("__main__")
-    return os.path.normpath(getattr(main, "__file__", "") or "").endswith(os.path.join("monai", "bundle", "__main__.py"))
-
-
-if _in_bundle_cli():
+if in_bundle_cli():  # also where the start-up line of the package is not installed (a source checkout)
     install_one_line_errors()
 
 

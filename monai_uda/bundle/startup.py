@@ -19,7 +19,8 @@ __all__ = ["in_bundle_cli", "install", "handle", "json_error_file", "PTH_LINE"]
 #: pay for it): for ``python -m monai.bundle`` it installs a small hook that loads this module only when an
 #: exception reaches the top.
 PTH_LINE = (
-    "import sys; exec(\"if 'monai.bundle' in getattr(sys, 'orig_argv', [])[1:3]:\\n"
+    "import sys; exec(\"_monai_uda_argv = getattr(sys, 'orig_argv', [])\\n"
+    "if ('-m', 'monai.bundle') in zip(_monai_uda_argv, _monai_uda_argv[1:]):\\n"
     " def _monai_uda_hook(t, v, b, _previous=sys.excepthook):\\n"
     "  try:\\n"
     "   from monai_uda.bundle.startup import handle\\n"
@@ -32,9 +33,10 @@ PTH_LINE = (
 
 
 def in_bundle_cli(argv: list[str] | None = None) -> bool:
-    """Whether the interpreter runs ``python -m monai.bundle``."""
+    """Whether the interpreter runs ``python [options] -m monai.bundle`` (torchrun's workers: ``-u -m``); the
+    test :data:`PTH_LINE` makes at start-up."""
     argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
-    return any(a == "-m" and b == "monai.bundle" for a, b in zip(argv, argv[1:]))
+    return ("-m", "monai.bundle") in zip(argv, argv[1:])
 
 
 def _config_files(argv: list[str]) -> list[str]:

@@ -81,6 +81,7 @@ def test_startup_hook_only_for_the_bundle_command_line():
     from monai_uda.bundle.startup import _config_files, in_bundle_cli, json_error_file
 
     assert in_bundle_cli(["python", "-m", "monai.bundle", "run"])
+    assert in_bundle_cli(["python", "-u", "-m", "monai.bundle", "run"])  # how torchrun starts its workers
     assert not in_bundle_cli(["python", "-m", "pytest"]) and not in_bundle_cli(["python", "x.py", "monai.bundle"])
     assert _config_files(["-m", "monai.bundle", "run", "--config_file", "['a.json','b.json']"]) == ["a.json", "b.json"]
     assert _config_files(["run", "--config_file=c.json"]) == ["c.json"]
