@@ -136,7 +136,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
         raise SystemExit("benchmark needs --pair (with --data-root) or --datalist")
     df = run_benchmark(dl, _methods(a.methods), a.out, mode="quick" if a.quick else "full", seeds=a.seeds,
                        device=a.device, amp=a.amp, resume=a.resume, overrides=overrides,
-                       verbose=a.verbose)
+                       verbose=a.verbose, source_from=a.source_from)
     _print_summary(df, a.out)
     return 0
 
@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep finished (method, seed) results and the trained source model in --out")
     b.add_argument("--override", action="append", default=[], metavar="METHOD:KEY=VALUE", type=_override_item,
                    help="override a config item of a method's bundle runs (repeatable), e.g. bn:mode=ema")
+    b.add_argument("--source-from", default=None, metavar="DIR",
+                   help="reuse each seed's source model of this earlier benchmark folder of the same pair (a "
+                        "budget check paired with that run's rows)")
     b.set_defaults(fn=cmd_benchmark)
 
     r = command("report", "one markdown table from several benchmark output folders",

@@ -139,6 +139,7 @@ def run_benchmark(
     resume: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
     verbose: bool = False,
+    source_from: str | None = None,
 ) -> pd.DataFrame:
     """Run ``methods`` on the pair described by ``datalist`` and write the results to ``out``.
 
@@ -151,6 +152,10 @@ def run_benchmark(
 
     ``overrides`` maps a method name to config overrides of its bundle runs (``{"bn": {"mode": "ema"}}``);
     they are applied last, over the budget (``"source"`` also changes the shared source model).
+
+    ``source_from`` is another benchmark folder of the same pair: each seed reuses its source model
+    (``<source_from>/seed<k>/source/model.pt``) instead of training one, so a run that changes one method's
+    budget is paired with the earlier run's rows (same source model, same seed).
 
     Returns:
         the per-(method, seed) results table (also written as ``results.csv``).
@@ -165,10 +170,22 @@ def run_benchmark(
     unknown = [m for m in list(methods) + list(overrides) if m not in METHODS]
     if unknown:
         raise KeyError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
+    if source_from is not None:
+        if "source" in overrides:
+            raise ValueError("--override source:... has no effect with --source-from (the source models are reused)")
+        missing = [p for p in (source_model_path(source_from, s) for s in seeds) if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"--source-from {source_from}: no source model {missing[0]} (run the benchmark "
+                                    "there first, with the same seeds)")
     uda = UDAData(datalist)  # validate once, deeply, before any training
     with folder_lock(out):  # a second run into the same folder is refused, not raced
         return _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progress, resume, overrides,
-                    verbose)
+                    verbose, source_from)
+
+
+def source_model_path(out: str, seed: int) -> str:
+    """Where a benchmark folder keeps the source model of ``seed``."""
+    return os.path.join(out, f"seed{seed}", "source", "model.pt")
 
 
 #: rows finished so far by an unfinished run (what ``--resume`` continues from); hidden: not a result
@@ -176,7 +193,7 @@ PARTIAL_DIR = ".partial"
 
 
 def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progress, resume, overrides,
-         verbose) -> pd.DataFrame:
+         verbose, source_from=None) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     budget = budget_for(mode, uda.spatial_dims, roi_size)
@@ -198,6 +215,8 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
 
         def source(ctx_=None, _seed=seed, _workdir=workdir):
             finished = os.path.join(_workdir, "source", "model.pt")
+            if "source" not in cache and source_from is not None:
+                cache["source"] = source_model_path(source_from, _seed)
             if "source" not in cache and resume and os.path.isfile(finished):
                 cache["source"] = finished
             if "source" not in cache:
@@ -247,7 +266,8 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
     per_image = _per_image_table(images)
     atomic_write_text(os.path.join(out, "per_image.csv"), per_image.to_csv(index=False))
     meta = {"mode": mode, "device": device, "amp": amp, "seeds": list(seeds), "budget": budget,
-            "datalist": os.path.abspath(datalist), **({"overrides": overrides} if overrides else {})}
+            "datalist": os.path.abspath(datalist), **({"overrides": overrides} if overrides else {}),
+            **({"source_from": source_from} if source_from else {})}
     atomic_write_text(os.path.join(out, "results.md"), markdown_table(df, meta, per_image))
     plot_results(df, os.path.join(out, "results.png"), title=f"{uda.name} ({mode}, {device})")
     shutil.rmtree(os.path.join(out, PARTIAL_DIR), ignore_errors=True)
@@ -307,7 +327,8 @@ def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None, per_ima
     if meta:
         lines.append(f"pair `{df.pair.iloc[0]}` · mode `{meta['mode']}` · device `{meta['device']}` · "
                      f"seeds {meta['seeds']} · budget {meta['budget']}"
-                     + (f" · overrides {meta['overrides']}" if meta.get("overrides") else ""))
+                     + (f" · overrides {meta['overrides']}" if meta.get("overrides") else "")
+                     + (f" · source models from `{meta['source_from']}`" if meta.get("source_from") else ""))
         lines.append("")
     lines.append("| method | " + " | ".join(cols) + (" | vs source |" if test else " |"))
     lines.append("|---|" + "---|" * (len(cols) + int(test)))

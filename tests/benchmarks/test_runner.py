@@ -60,6 +60,29 @@ def test_resume_keeps_finished_rows(tmp_path, tiny_demo_2d, monkeypatch):
     assert len(pd.read_csv(tmp_path / "per_image.csv")) == n_test  # the finished row's per-image results are kept
 
 
+def test_source_from_reuses_another_runs_source_models(tmp_path, tiny_demo_2d, monkeypatch):
+    from monai_uda.benchmarks import methods, runner
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=1, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+    first = tmp_path / "first"
+    a = run_benchmark(tiny_demo_2d, ["source"], str(first), mode="quick", progress=False)
+    calls = []
+    monkeypatch.setattr(methods, "_train", lambda *a, **k: calls.append(a) or "never")
+    df = run_benchmark(tiny_demo_2d, ["source"], str(tmp_path / "second"), mode="quick", progress=False,
+                       source_from=str(first))
+    assert calls == []  # nothing trained: the first run's model is evaluated, with the first run's numbers
+    assert df.dice.iloc[0] == pytest.approx(a.dice.iloc[0])
+    assert f"source models from `{first}`" in (tmp_path / "second" / "results.md").read_text()
+    with pytest.raises(FileNotFoundError, match="seed1"):  # refused before anything runs
+        run_benchmark(tiny_demo_2d, ["source"], str(tmp_path / "third"), mode="quick", progress=False,
+                      seeds=[0, 1], source_from=str(first))
+    assert not (tmp_path / "third").exists()
+    with pytest.raises(ValueError, match="no effect"):
+        run_benchmark(tiny_demo_2d, ["bn"], str(tmp_path / "third"), mode="quick", progress=False,
+                      source_from=str(first), overrides={"source": {"max_epochs": 2}})
+
+
 def test_combined_table(tmp_path):
     from monai_uda.benchmarks.runner import combined_table
 
