@@ -17,7 +17,9 @@
   significantly better than source.
 
 ``--write`` replaces the text between ``<!-- convergence -->`` and ``<!-- /convergence -->`` (and between
-``<!-- v2 -->`` and ``<!-- /v2 -->``, ``<!-- v2-summary -->`` and ``<!-- /v2-summary -->``) in the page.
+``<!-- v2 -->`` and ``<!-- /v2 -->``, ``<!-- v2-summary -->`` and ``<!-- /v2-summary -->``, ``<!-- budget -->``
+and ``<!-- /budget -->``: the diminishing-returns checks of ``budget_checks.py``) in the pages: protocol.md,
+v2/README.md and the top-level README.md (its summary table).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from budget_checks import budget_table  # this folder: the diminishing-returns checks
 from results_tables import ORDER, PAIRS  # this folder's v1 page: the same pairs and method order
 
 from monai_uda.evaluation.significance import paired_test
@@ -137,8 +140,8 @@ def v2_summary(root: Path = ROOT) -> str:
     data = _v2(root)
     if not data:
         return "No v2 results yet.\n"
-    lines = ["| pair | source | oracle | best adaptation (significantly better than source) | seeds |",
-             "|---|---|---|---|---|"]
+    lines = ["| pair | source | oracle | best adaptation (significantly better than source) | seeds | methods run |",
+             "|---|---|---|---|---|---|"]
     for pair, (df, pi) in data.items():
         def ms(m):
             g = df[df.method == m]
@@ -147,7 +150,9 @@ def v2_summary(root: Path = ROOT) -> str:
                   if m not in ("source", "oracle") and paired_test(pi, m)["mark"] == "+"]
         best = max(better) if better else None
         cell = "none" if best is None else f"{best[1]}: {ms(best[1])}"
-        lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {df.seed.nunique()} |")
+        ran = [m for m in df.method.unique() if m not in ("source", "oracle")]
+        lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {df.seed.nunique()} | "
+                     f"{', '.join(ran) or 'none'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -155,12 +160,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--write", nargs="*", default=None, help="the pages whose marked sections to replace")
     a = p.parse_args()
-    tables = {"convergence": convergence_table(), "v2": v2_table(), "v2-summary": v2_summary()}
+    tables = {"convergence": convergence_table(), "v2": v2_table(), "v2-summary": v2_summary(),
+              "budget": budget_table()}
     if a.write is None:
         for name, table in tables.items():
             print(f"## {name}\n\n{table}")
         return
-    for page in map(Path, a.write or [ROOT / "protocol.md", ROOT / "v2" / "README.md"]):
+    for page in map(Path, a.write or [ROOT / "protocol.md", ROOT / "v2" / "README.md", ROOT.parents[1] / "README.md"]):
         text = page.read_text()
         for name, table in tables.items():
             text = re.sub(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)",

@@ -1,0 +1,151 @@
+"""Diminishing-returns checks of the benchmark budgets (docs/benchmarks/protocol.md).
+
+A budget that is smaller than its paper's (or that the paper does not give) is past the point of diminishing
+returns on a pair when doubling it does not raise the target-test Dice significantly: each check reruns one
+method with its budget doubled (the 2x run), seeds 0 1 2, on the same source models and forests as the v2
+benchmark's own (1x) rows, and compares the two per image, paired over (seed, image), with the two-sided
+Wilcoxon test of the tables (level 0.05).
+
+    python scripts/budget_checks.py run [NAME ...]     # the 2x runs (one job at a time), copied to docs/
+    python scripts/budget_checks.py                    # print the table (protocol_tables.py --write puts it
+                                                       # into protocol.md)
+
+The 1x rows are ``docs/benchmarks/v2/<pair>/`` (``scripts/full_benchmarks.sh``); a 2x run needs that
+pair's v2 run folder (``results/v2/<pair>``, for the source models) on this machine. Its output is
+``results/budget/<name>/``, copied to ``docs/benchmarks/budget/<name>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from monai_uda.evaluation.significance import paired_test
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "benchmarks"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    pair: str
+    method: str
+    setting: str  #: what is doubled
+    ours: str  #: the bundle's value (1x)
+    paper: str
+    overrides: dict = field(default_factory=dict)  #: the 2x run's bundle overrides
+    reuse: tuple[str, ...] = ()  #: per-seed stage folders of the v2 run that the 2x run keeps (not doubled)
+    needs_source: bool = True
+
+
+CHECKS = [
+    Check("buda_rounds", "A1", "buda", "rounds T and their iterations", "3 rounds, 12 × 20 iterations in all",
+          "n/s (Fig. 5 plots more than 3 rounds)", {"num_rounds": 6, "max_epochs": 24}),
+    Check("selftrain_rounds", "A1", "selftrain", "rounds and their iterations", "3 rounds, 12 × 20 iterations",
+          "n/s", {"num_rounds": 6, "max_epochs": 24}),
+    Check("st_rounds", "A1", "st", "rounds and their iterations", "3 rounds, 12 × 20 iterations", "n/s",
+          {"num_rounds": 6, "max_epochs": 24}),
+    Check("early_budget", "A1", "early", "head training and refinement cap", "12 × 20 each",
+          "n/s; refinement \"up to five epochs\"", {"max_epochs": 24}),
+    Check("s2d_forests", "A1", "enhancer", "source Random Forests", "60 forests of 10 trees", "500 to 1000",
+          {"n_forests": 120}, needs_source=False),
+    Check("s2d_net", "A1", "s2d", "pseudo-label net iterations", "12 × 20", "n/s (lr 2e-4, plateau schedule)",
+          {"max_epochs": 24}, reuse=("s2d_common",), needs_source=False),
+    Check("past_translator", "D1", "past", "translator iterations", "12 × 20", "n/s (NICE-GAN)",
+          {"translation_epochs": 24}),
+]
+
+
+def _value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def run(check: Check, data_root: str, out_root: Path, threads: int) -> None:
+    """The 2x run of ``check`` (resuming), then its outputs copied to ``docs/benchmarks/budget/<name>/``."""
+    one = REPO / "results" / "v2" / check.pair
+    out = out_root / check.name
+    for seed in (0, 1, 2):  # the 1x run's stages that this check keeps
+        for stage in check.reuse:
+            src, dst = one / f"seed{seed}" / stage, out / f"seed{seed}" / stage
+            if not src.is_dir():
+                raise SystemExit(f"{check.name}: {src} not found (run the v2 benchmark of {check.pair} first)")
+            if not dst.exists():
+                shutil.copytree(src, dst)
+    cmd = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
+           "--methods", check.method, "--seeds", "0", "1", "2", "--out", str(out), "--resume",
+           "--threads", str(threads)]
+    if check.needs_source:
+        cmd += ["--source-from", str(one)]
+    for k, v in check.overrides.items():
+        cmd += ["--override", f"{check.method}:{k}={_value(v)}"]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+    dst = DOCS / "budget" / check.name
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ("results.csv", "results.md", "per_image.csv"):
+        shutil.copy(out / f, dst / f)
+
+
+def _mean_std(v: pd.Series) -> str:
+    return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
+
+
+def _rows(path: Path, method: str) -> pd.DataFrame:
+    df = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["method", "seed", "name", "dice"])
+    return df[df.method == method]
+
+
+def budget_table(root: Path = DOCS) -> str:
+    """One row per check: the 1x and 2x Dice (mean ± std over seeds) and the paired test of 2x against 1x."""
+    lines = ["| check | pair | method | doubled | ours (1x) | paper | 1x Dice | 2x Dice | 2x − 1x (p) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in CHECKS:
+        one, two = root / "v2" / c.pair / "per_image.csv", root / "budget" / c.name / "per_image.csv"
+        cells = [c.name, c.pair, f"`{c.method}`", c.setting, c.ours, c.paper]
+        a = _rows(one, c.method).assign(method="1x")
+        b_all = _rows(two, c.method).assign(method="2x")
+        b = b_all[b_all.seed.isin(a.seed.unique())]  # paired: the seeds both have
+        if a.empty or b.empty:
+            why = " and ".join(n for n, df in (("1x", a), ("2x", b_all)) if df.empty) or "2x with 1x's seeds"
+            lines.append("| " + " | ".join(cells + ["—", "—", "—", f"not measured ({why} not run yet)"]) + " |")
+            continue
+        t = paired_test(pd.concat([a, b]), "2x", baseline="1x")
+        per_seed = lambda df: df.groupby("seed").dice.mean()  # noqa: E731
+        verdict = {"+": "more helps: 1x is short", "-": "2x is worse: past diminishing returns",
+                   "=": "no significant difference: past diminishing returns", "?": "too few pairs"}[t["mark"]]
+        lines.append("| " + " | ".join(cells + [
+            f"{_mean_std(per_seed(a))} ({a.seed.nunique()})", f"{_mean_std(per_seed(b))} ({b.seed.nunique()})",
+            f"{t['mean_diff']:+.3f} ({t['p']:.3f})", verdict]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd")
+    r = sub.add_parser("run", help="the 2x runs (one at a time)")
+    r.add_argument("names", nargs="*", help=f"checks (default all): {', '.join(c.name for c in CHECKS)}")
+    r.add_argument("--data-root", default=os.environ.get("MONAI_UDA_DATA", "../shared/data"))
+    r.add_argument("--out", type=Path, default=REPO / "results" / "budget")
+    r.add_argument("--threads", type=int, default=int(os.environ.get("MONAI_UDA_THREADS", "1")))
+    a = p.parse_args()
+    if a.cmd != "run":
+        print(budget_table())
+        return
+    by_name = {c.name: c for c in CHECKS}
+    unknown = [n for n in a.names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown check(s) {unknown}; choose from {sorted(by_name)}")
+    for name in a.names or list(by_name):
+        run(by_name[name], a.data_root, a.out, a.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import budget_checks  # noqa: E402
+
+
+def _per_image(path: Path, method: str, dice: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"pair": "A1", "method": method, "seed": s, "name": f"img{i}", "dice": dice[s, i]}
+            for s in range(dice.shape[0]) for i in range(dice.shape[1])]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _row(table: str, name: str) -> str:
+    return next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+
+
+def test_budget_table_marks_a_budget_that_is_short_and_one_that_is_not(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0.3, 0.7, size=(3, 8))
+    _per_image(tmp_path / "v2" / "A1" / "per_image.csv", "buda", one)
+    _per_image(tmp_path / "budget" / "buda_rounds" / "per_image.csv", "buda", one + 0.1)  # 2x better everywhere
+    flat = pd.read_csv(tmp_path / "v2" / "A1" / "per_image.csv").assign(method="st")
+    flat.to_csv(tmp_path / "v2" / "A1" / "per_image.csv", mode="a", header=False, index=False)
+    flat.assign(method="early").to_csv(tmp_path / "v2" / "A1" / "per_image.csv", mode="a", header=False, index=False)
+    noise = rng.normal(0, 0.01, size=one.shape)
+    _per_image(tmp_path / "budget" / "st_rounds" / "per_image.csv", "st", one + noise - noise.mean())
+    table = budget_checks.budget_table(tmp_path)
+    assert "more helps" in _row(table, "buda_rounds") and "+0.100" in _row(table, "buda_rounds")
+    assert "no significant difference" in _row(table, "st_rounds")
+    assert "not measured (2x not run yet)" in _row(table, "early_budget")
+    assert "not measured (1x and 2x not run yet)" in _row(table, "selftrain_rounds")
+    assert "not measured (1x and 2x not run yet)" in _row(table, "past_translator")
+
+
+def test_run_reuses_the_v2_source_models_and_stages(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    for s in (0, 1, 2):
+        (repo / "results" / "v2" / "A1" / f"seed{s}" / "s2d_common").mkdir(parents=True)
+        (repo / "results" / "v2" / "A1" / f"seed{s}" / "s2d_common" / "facts.json").write_text("{}")
+    monkeypatch.setattr(budget_checks, "REPO", repo)
+    monkeypatch.setattr(budget_checks, "DOCS", repo / "docs")
+    calls = []
+
+    def fake_run(cmd, check, cwd):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        for f in ("results.csv", "results.md", "per_image.csv"):
+            (out / f).write_text("x")
+
+    monkeypatch.setattr(budget_checks.subprocess, "run", fake_run)
+    checks = {c.name: c for c in budget_checks.CHECKS}
+    budget_checks.run(checks["s2d_net"], "data", repo / "results" / "budget", threads=1)
+    budget_checks.run(checks["buda_rounds"], "data", repo / "results" / "budget", threads=1)
+    s2d, buda = calls
+    assert (repo / "results" / "budget" / "s2d_net" / "seed2" / "s2d_common" / "facts.json").is_file()
+    assert "--source-from" not in s2d and "s2d:max_epochs=24" in s2d
+    assert s2d[s2d.index("--methods") + 1] == "s2d" and s2d[s2d.index("--seeds") + 1:][:3] == ["0", "1", "2"]
+    assert buda[buda.index("--source-from") + 1] == str(repo / "results" / "v2" / "A1")
+    assert {"buda:num_rounds=6", "buda:max_epochs=24"} <= set(buda)
+    assert (repo / "docs" / "budget" / "buda_rounds" / "per_image.csv").is_file()
+    with pytest.raises(SystemExit, match="past_translator"):  # a stage the 1x run never made is named
+        budget_checks.run(budget_checks.Check("past_translator", "D1", "past", "", "", "", {}, reuse=("x",)),
+                          "data", repo / "results" / "budget", threads=1)
