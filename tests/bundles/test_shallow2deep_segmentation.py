@@ -123,3 +123,39 @@ def test_metadata_verifies(verify_metadata):
     verify_metadata(BUNDLE)
     readme = (d / "docs" / "README.md").read_text()
     assert "same" in readme.lower() and "simulated" in readme.lower()
+
+
+@pytest.mark.parametrize("config", ["train_enhancer.json", "adapt.json"])
+def test_paper_optimizer_with_a_plateau_schedule_on_the_epoch_mean_loss(upstream, tiny_demo_2d, tmp_path, config):
+    """Matskevych et al., Sec. 3.1: Adam 2e-4, weight decay 1e-5, lr x 0.2 on a plateau (here: of the loss)."""
+    from ignite.engine import Events
+
+    root, _ = upstream
+    ov = _ov(root, tiny_demo_2d, output_dir=str(tmp_path / "eval"), target_forest_trees=5, scribble_images=1,
+             **dict(TINY, max_epochs=3), lr_patience=0)
+    if config == "train_enhancer.json":
+        ov["ckpt_dir"] = str(tmp_path / "models")
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(bundle_dir(BUNDLE) / "configs" / config), logging_file=False,
+                        meta_file=str(bundle_dir(BUNDLE) / "configs" / "metadata.json"), **ov)
+    wf.initialize()
+    trainer, opt = wf.parser.get_parsed_content("train#trainer"), wf.parser.get_parsed_content("optimizer")
+    assert opt.defaults["lr"] == pytest.approx(2e-4) and opt.defaults["weight_decay"] == pytest.approx(1e-5)
+    losses, means, lrs = [], [], []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(
+        float((e.state.output[0] if isinstance(e.state.output, list) else e.state.output)["loss"])))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: (means.append(e.state.metrics["train_loss"]),
+                                                                 lrs.append(opt.param_groups[0]["lr"])))
+    wf.run()
+    per_epoch = np.asarray(losses).reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(means, per_epoch, rtol=1e-6)  # the schedule sees each epoch's mean loss
+    expected, best = [], np.inf  # ReduceLROnPlateau(mode min, factor 0.2, patience 0) by hand
+    lr = 2e-4
+    for m in per_epoch:
+        if m < best * (1 - 1e-4):
+            best = m
+        else:
+            lr *= 0.2
+        expected.append(lr)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
