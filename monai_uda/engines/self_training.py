@@ -344,7 +344,9 @@ class RoundTrainer:
         name: name in logs and progress bars.
         seed: with a seed, every round starts with ``set_determinism(seed + round)``, so its data order, crops and
             augmentation depend on the seed and the round alone: a run resumed after round ``r`` trains round
-            ``r + 1`` exactly as an uninterrupted run does. None: the global random state as it is.
+            ``r + 1`` exactly as an uninterrupted run does; a loss with a random stream of its own
+            (``set_random_state``, e.g. the variational sampling loss's ε) is restarted from the same value.
+            None: the global random state as it is.
 
     ``history`` holds one record per trained round: ``round``, ``epochs``, ``iterations`` and ``train_loss`` (the
     mean loss of the round's last epoch).
@@ -463,6 +465,8 @@ class RoundTrainer:
             from monai.utils import set_determinism
 
             set_determinism(seed=self.seed + int(round_index))
+            if callable(getattr(self.loss_function, "set_random_state", None)):  # a loss with a stream of its own
+                self.loss_function.set_random_state(self.seed + int(round_index))
         dataset = self._dataset(datalist)
         model = model.to(self.device)
         network, rank0 = model, True

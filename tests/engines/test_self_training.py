@@ -414,6 +414,9 @@ def _engine(tmp_path, items, **kw):
 def test_self_training_exports_the_segmentation_network_and_a_summary(tmp_path):
     items = _items(tmp_path)
     model = Wrapped()
+    with torch.no_grad():  # class 1 where the image is positive: about half foreground, never a collapse
+        model.network.weight.copy_(torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1))
+        model.network.bias.zero_()
     export = torch.nn.Conv2d(1, 2, 1)
     default = SlidingWindowPredictor(segmentation_transforms("target", spatial_dims=2), SimpleInferer())
     got = []
@@ -592,3 +595,44 @@ def test_round_trainer_ddp_two_ranks(tmp_path):
         assert [(h["round"], h["iterations"]) for h in out["history"]] == [(1, 2), (2, 2)]
         assert out["summary_rounds"] == 2
     assert json.loads((tmp_path / "rounds" / STATE_FILE).read_text())["completed"] == [0, 1, 2]
+
+
+def test_round_trainer_data_order_does_not_depend_on_a_loss_with_its_own_random_stream(tmp_path):
+    """BUDA-Seg's ε must not change the data order: a loss that draws from its own stream sees the same batches
+    as one that draws nothing, and the engine restarts that stream at every round (exact resume)."""
+    from functools import partial
+
+    from ignite.engine import Events
+
+    class NoisyLoss(PseudoLabelCrossEntropyLoss):
+        def __init__(self):
+            super().__init__()
+            self.seeds, self.generator = [], None
+
+        def set_random_state(self, seed):
+            self.seeds.append(seed)
+            self.generator = torch.Generator().manual_seed(seed)
+
+        def forward(self, logits, label):
+            torch.randn(100, generator=self.generator)
+            return super().forward(logits, label)
+
+    items = _pseudo_items(tmp_path)
+
+    seen = {}
+    for name, loss in (("plain", PseudoLabelCrossEntropyLoss()), ("noisy", NoisyLoss())):
+        rt = RoundTrainer(_train_tf(), partial(torch.optim.Adam, lr=1e-2), loss, epochs=[2, 1], batch_size=2,
+                          epoch_length=2, progress=False, seed=3, train_handlers=[])
+        rec = seen.setdefault(name, [])
+
+        class Recorder:
+            def attach(self, engine, rec=rec):
+                engine.add_event_handler(Events.ITERATION_STARTED, lambda e: rec.append(e.state.batch["image"].clone()))
+
+        rt.train_handlers = [Recorder()]
+        net = torch.nn.Conv2d(1, 2, 3, padding=1)
+        for r in (1, 2):
+            rt(net, items, r)
+    assert len(seen["plain"]) == len(seen["noisy"]) == 6
+    assert all(torch.equal(a, b) for a, b in zip(seen["plain"], seen["noisy"]))
+    assert loss.seeds == [4, 5]  # seed + round, at the start of each round

@@ -145,6 +145,10 @@ class VariationalSamplingDiceLoss(_Loss):
         reduction: ``"mean"`` (scalar, Eq. 3 averaged over images and classes), ``"sum"``, or ``"none"``
             (the K-average of Eq. 3 per image and class, ``(B, C)``; ``(C,)`` when ``batch``).
         generator: optional ``torch.Generator`` for ε (on the device of the logits).
+        seed: draw ε from a generator of the loss's own, seeded with ``seed`` (:meth:`set_random_state`),
+            so that the variance loss never consumes the global random stream: the data order, crops and
+            augmentation of a run are the same with and without it. ``None`` (and no ``generator``): ε comes
+            from the global stream.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class VariationalSamplingDiceLoss(_Loss):
         batch: bool = False,
         reduction: LossReduction | str = LossReduction.MEAN,
         generator: torch.Generator | None = None,
+        seed: int | None = None,
     ):
         super().__init__(reduction=LossReduction(reduction).value)
         if int(num_samples) < 1:
@@ -168,9 +173,21 @@ class VariationalSamplingDiceLoss(_Loss):
         self.smooth_dr = float(smooth_dr)
         self.batch = batch
         self.generator = generator
+        self._seed: int | None = None
+        if seed is not None:
+            self.set_random_state(seed)
+
+    def set_random_state(self, seed: int) -> VariationalSamplingDiceLoss:
+        """Restart ε's own stream from ``seed`` (MONAI's ``Randomizable`` convention; the self-training engine
+        calls it at the start of every round with the round's seed, so a resumed run draws the same ε)."""
+        self._seed = int(seed)
+        self.generator = None  # made on the logits' device at the next draw
+        return self
 
     def sample_noise(self, logits: torch.Tensor) -> torch.Tensor:
         """ε of Eq. 1: ``(K, *logits.shape)`` standard normal."""
+        if self._seed is not None and (self.generator is None or self.generator.device != logits.device):
+            self.generator = torch.Generator(device=logits.device).manual_seed(self._seed)
         return torch.randn(
             (self.num_samples, *logits.shape), device=logits.device, dtype=logits.dtype, generator=self.generator
         )

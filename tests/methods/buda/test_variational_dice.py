@@ -149,3 +149,23 @@ def test_squared_dice_loss_broadcasts_over_k():
     assert full.shape == (3, 2, 2)
     for k in range(3):
         assert torch.allclose(full[k], squared_dice_loss(p[k], y))
+
+
+def test_seeded_noise_leaves_the_global_random_stream_alone():
+    """ε from the loss's own stream: drawing it does not move the global RNG (data order, crops, augmentation)."""
+    o, v = torch.randn(2, 2, 8, 8), torch.full((2, 2, 8, 8), 2.0)
+    y = torch.randint(0, 2, (2, 1, 8, 8))
+    torch.manual_seed(5)
+    untouched = torch.rand(4)
+    torch.manual_seed(5)
+    loss = VariationalSamplingDiceLoss(4, seed=7)
+    a = loss(o, y, variance=v)
+    assert torch.equal(torch.rand(4), untouched)
+    b = loss(o, y, variance=v)
+    assert a.item() != b.item()  # the stream moves on between draws
+    loss.set_random_state(7)  # and restarts from the seed (what the self-training engine does each round)
+    assert loss(o, y, variance=v).item() == a.item()
+    assert VariationalSamplingDiceLoss(4, seed=8)(o, y, variance=v).item() != a.item()
+    torch.manual_seed(5)
+    VariationalSamplingDiceLoss(4)(o, y, variance=v)  # without a seed ε comes from the global stream
+    assert not torch.equal(torch.rand(4), untouched)
