@@ -82,8 +82,10 @@ def run(check: Check, data_root: str, out_root: Path, threads: int) -> None:
     cmd = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
            "--methods", check.method, "--seeds", "0", "1", "2", "--out", str(out), "--resume",
            "--threads", str(threads)]
-    if check.needs_source:
+    if check.needs_source and all((one / f"seed{s}" / "source" / "model.pt").is_file() for s in (0, 1, 2)):
         cmd += ["--source-from", str(one)]
+    elif check.needs_source:  # another machine: each seed's source model is trained again (deterministic per seed
+        print(f"{check.name}: no source models in {one}; the check trains its own (same seeds)")  # and threads)
     for k, v in check.overrides.items():
         cmd += ["--override", f"{check.method}:{k}={_value(v)}"]
     print("+", " ".join(cmd), flush=True)

@@ -156,12 +156,103 @@ def v2_summary(root: Path = ROOT) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: cheaper configurations measured against the v2 one: folder under docs/benchmarks/cheaper/ -> (pair, what changed)
+CHEAPER = {"A1_half_width": ("A1", "UDAUNet features halved: (8, 8, 16, 32, 64, 8) instead of (16, 16, 32, 64, 128, 16)")}
+
+
+def cheaper_table(root: Path = ROOT) -> str:
+    """Each cheaper configuration against the v2 one on the same pair, seeds and test images: Dice (mean ±
+    std over seeds), the paired Wilcoxon test (cheaper vs v2, per (seed, image)) and wall seconds per row."""
+    lines = ["| configuration | model | v2 Dice | cheaper Dice | cheaper − v2 (p) | v2 s / row | cheaper s / row |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (pair, what) in CHEAPER.items():
+        d = root / "cheaper" / name
+        full_r, full_i = root / "v2" / pair / "results.csv", root / "v2" / pair / "per_image.csv"
+        if not all(f.is_file() for f in (d / "results.csv", d / "per_image.csv", full_r, full_i)):
+            lines.append(f"| {name} | not measured | | | | | |")
+            continue
+        cr, ci, fr, fi = (pd.read_csv(f) for f in (d / "results.csv", d / "per_image.csv", full_r, full_i))
+        for m in cr.method.unique():
+            a, b = fr[fr.method == m], cr[cr.method == m]
+            if a.empty:
+                continue
+            both = pd.concat([fi[fi.method == m].assign(method="v2"), ci[ci.method == m].assign(method="cheaper")])
+            t = paired_test(both, "cheaper", baseline="v2")
+            lines.append(f"| {name} | {m} | {_mean_std(a.dice)} | {_mean_std(b.dice)} | "
+                         f"{t['mean_diff']:+.3f} ({t['p']:.3f}) {t['mark']} | {a.wall_seconds.mean():.0f} | "
+                         f"{b.wall_seconds.mean():.0f} |")
+    notes = [f"`{name}` ({pair}): {what}." for name, (pair, what) in CHEAPER.items()]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+#: the methods full_benchmarks.sh runs on each pair
+PLAN = {
+    "A1": ["source", "oracle", "bn", "buda", "selftrain", "mcdropout", "st", "cbst", "early", "rf", "enhancer", "s2d",
+           "s2d_noteacher", "s2d_norect"],
+}
+PLAN["B2"] = PLAN["A1"]
+PLAN["C1"] = PLAN["A1"] + ["past", "fda", "histmatch"]
+PLAN["D1"] = ["source", "oracle", "bn", "buda", "selftrain", "mcdropout", "st", "cbst", "early", "past", "fda",
+              "histmatch"]
+
+
+def cost_table(root: Path = ROOT, seeds: int = 3) -> str:
+    """Hours of the full benchmark (every pair and method of :data:`PLAN`, ``seeds`` seeds, one thread).
+
+    A (pair, method) with v2 rows counts its measured mean wall seconds (method + evaluation) per seed. One
+    without is estimated from its v1 seconds (``docs/benchmarks/<pair>/results.csv``, one seed, 240
+    iterations) times the median v2/v1 ratio of the same method over the pairs where both exist, or over all
+    measured adaptation methods (source and oracle's convergence training excluded) when the method has no v2
+    row anywhere; without a v1 row it is not counted.
+    """
+    v2 = {p: r for p, (r, _) in _v2(root).items()}
+    v1 = {p: pd.read_csv(root / p / "results.csv") for p in PAIRS if (root / p / "results.csv").is_file()}
+
+    def sec(df, m, col):
+        g = df[df.method == m] if df is not None else pd.DataFrame()
+        return float(g[col].mean()) if len(g) and col in g else None
+
+    ratios: dict[str, list[float]] = {}
+    for p, r in v2.items():
+        for m in r.method.unique():
+            a, b = sec(r, m, "wall_seconds"), sec(v1.get(p), m, "seconds")
+            if a and b:
+                ratios.setdefault(m, []).append(a / b)
+    every = [x for m, v in ratios.items() if m not in ("source", "oracle") for x in v]  # adaptation rows only
+    overall = float(pd.Series(every).median()) if every else None
+    lines = ["| pair | measured rows (hours) | estimated rows (hours) | not estimated |", "|---|---|---|---|"]
+    total_m = total_e = 0.0
+    for p, methods in PLAN.items():
+        meas = est = 0.0
+        n_meas, n_est, missing = 0, 0, []
+        for m in methods:
+            w = sec(v2.get(p), m, "wall_seconds")
+            if w is not None:
+                meas += w * seeds
+                n_meas += 1
+                continue
+            r = float(pd.Series(ratios[m]).median()) if m in ratios else overall
+            b = sec(v1.get(p), m, "seconds")
+            if r is None or b is None:
+                missing.append(m)
+                continue
+            est += b * r * seeds
+            n_est += 1
+        total_m, total_e = total_m + meas, total_e + est
+        lines.append(f"| {p} | {n_meas} methods ({meas / 3600:.1f} h) | {n_est} methods ({est / 3600:.1f} h) | "
+                     f"{', '.join(missing) or '—'} |")
+    lines.append(f"| all | {total_m / 3600:.1f} h | {total_e / 3600:.1f} h | total {(total_m + total_e) / 3600:.1f} h "
+                 f"on one thread |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--write", nargs="*", default=None, help="the pages whose marked sections to replace")
     a = p.parse_args()
     tables = {"convergence": convergence_table(), "v2": v2_table(), "v2-summary": v2_summary(),
-              "budget": budget_table()}
+              "budget": budget_table(), "cheaper": cheaper_table(),
+              "cost": cost_table()}
     if a.write is None:
         for name, table in tables.items():
             print(f"## {name}\n\n{table}")

@@ -41,6 +41,8 @@ def test_budget_table_marks_a_budget_that_is_short_and_one_that_is_not(tmp_path,
 def test_run_reuses_the_v2_source_models_and_stages(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     for s in (0, 1, 2):
+        (repo / "results" / "v2" / "A1" / f"seed{s}" / "source").mkdir(parents=True)
+        (repo / "results" / "v2" / "A1" / f"seed{s}" / "source" / "model.pt").write_text("x")
         (repo / "results" / "v2" / "A1" / f"seed{s}" / "s2d_common").mkdir(parents=True)
         (repo / "results" / "v2" / "A1" / f"seed{s}" / "s2d_common" / "facts.json").write_text("{}")
     monkeypatch.setattr(budget_checks, "REPO", repo)
@@ -65,6 +67,9 @@ def test_run_reuses_the_v2_source_models_and_stages(tmp_path, monkeypatch):
     assert buda[buda.index("--source-from") + 1] == str(repo / "results" / "v2" / "A1")
     assert {"buda:num_rounds=6", "buda:max_epochs=24"} <= set(buda)
     assert (repo / "docs" / "budget" / "buda_rounds" / "per_image.csv").is_file()
+    (repo / "results" / "v2" / "A1" / "seed1" / "source" / "model.pt").unlink()  # another machine: trained again
+    budget_checks.run(checks["st_rounds"], "data", repo / "results" / "budget", threads=1)
+    assert "--source-from" not in calls[-1] and "st:num_rounds=6" in calls[-1]
     with pytest.raises(SystemExit, match="past_translator"):  # a stage the 1x run never made is named
         budget_checks.run(budget_checks.Check("past_translator", "D1", "past", "", "", "", {}, reuse=("x",)),
                           "data", repo / "results" / "budget", threads=1)
