@@ -12,6 +12,7 @@ and a paired Wilcoxon test against source on per-image Dice: ``+``/``-`` better/
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -71,9 +72,17 @@ def gap_closed(method: float, source: float, oracle: float) -> float:
 
 
 def _evaluate(ctx: MethodContext, out, subdir: str) -> tuple[dict[str, float], pd.DataFrame]:
-    from monai_uda.bundle import run_bundle
+    from monai_uda.bundle import bundle_dir, run_bundle
 
     ov = ctx.bundle_overrides(subdir)
+    # a user override of a nested item the evaluation configs do not have (e.g. bn:target_dataset#data) is
+    # the method's, not the evaluation's: MONAI would refuse the missing parent
+    top = set()
+    for name in ("train.json", "evaluate.json"):
+        with open(bundle_dir(out.bundle) / "configs" / name) as fh:
+            top |= set(json.load(fh))
+    for key in [k for k in ctx.overrides if "#" in k and k.split("#", 1)[0] not in top]:
+        ov.pop(key, None)
     ov.update(out.eval_overrides)
     ov["checkpoint"] = out.checkpoint
     ov["eval_dir"] = eval_dir = os.path.join(ctx.workdir, subdir, "target_test")

@@ -50,6 +50,19 @@ def test_row_follows_a_benchmark_override(tmp_path, tiny_demo_2d, tiny_budget, o
     assert "overrides {'bn': {'mode': 'ema', 'alpha': 0.5}}" in (changed / "results.md").read_text()
 
 
+
+def test_a_nested_override_of_the_method_only_does_not_reach_the_evaluation(tmp_path, tiny_demo_2d, tiny_budget,
+                                                                             one_thread):
+    """``bn:target_dataset#data=...`` (re-estimate on source images) exists only in bn's adapt.json."""
+    run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path / "a"), mode="quick", progress=False)
+    run_benchmark(tiny_demo_2d, ["bn"], str(tmp_path / "b"), mode="quick", progress=False,
+                  source_from=str(tmp_path / "a"),
+                  overrides={"bn": {"target_dataset#data": "$@uda.split('source_training')"}})
+    # the statistics came from the source images, and the row was evaluated like any other
+    assert not torch.allclose(_bn_stats(tmp_path / "a" / "seed0" / "bn" / "model.pt"),
+                              _bn_stats(tmp_path / "b" / "seed0" / "bn" / "model.pt"))
+    assert 0 <= _row(tmp_path / "b", "bn")["dice"] <= 1
+
 def test_row_follows_an_edited_bundle_config(tmp_path, tiny_demo_2d, tiny_budget, one_thread, monkeypatch):
     copy = tmp_path / "bundles"
     shutil.copytree(bundles_root(), copy, ignore=shutil.ignore_patterns("models", "eval", "demo_data"))
