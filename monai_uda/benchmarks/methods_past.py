@@ -79,6 +79,8 @@ def _aligned(ctx: MethodContext, alignment: str) -> MethodOutput:
         f"$monai_uda.methods.past.past.aligned_training_transforms('{alignment}', @uda, roi_size=@roi_size, "
         "num_samples=@num_samples, data_limit=@data_limit)"
     )
+    # precise BN would recompute the statistics on the raw source images, not on the aligned ones it trained on
+    ov.setdefault("precise_bn", False)
     t0 = time.time()
     run_bundle("source_segmentation", "train.json", **ov)
     return MethodOutput(

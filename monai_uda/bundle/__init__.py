@@ -4,6 +4,7 @@ from .. import distributed  # monai_uda.distributed (torch-only, cheap to import
 from .checkpoint import SelectionState, latest_checkpoint, resume_from
 from .inference import output_ext, report_outputs
 from .locate import bundle_dir, bundles_root, locate_bundle_root
+from .precise_bn import precise_bn
 from .run import run_bundle
 from .stages import (
     DEMO_SOURCE_BUDGET,
@@ -17,5 +18,5 @@ from .stages import (
 )
 from .tracking import log_to_trackers
 
-__all__ = ["distributed", "latest_checkpoint", "resume_from", "SelectionState", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "evaluated_checkpoint", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint",
+__all__ = ["distributed", "latest_checkpoint", "resume_from", "SelectionState", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "evaluated_checkpoint", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint", "precise_bn",
            "log_to_trackers", "output_ext", "report_outputs"]

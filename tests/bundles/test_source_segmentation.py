@@ -77,8 +77,17 @@ def test_best_checkpoint_and_early_stopping(tmp_path, tiny_demo_2d):
     best_epoch = int(history.epoch[history.val_mean_dice.idxmax()])
     best = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     final = torch.load(models / "model_final.pt", map_location="cpu", weights_only=True)
-    same = all(torch.equal(best[k], final[k]) for k in best)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    same = all(torch.equal(best[k], final[k]) for k in best if not k.endswith(stats))  # the weights
     assert same == (best_epoch == trainer.state.epoch)
+    # model.pt's BatchNorm statistics are those of the whole training images (precise BN), not the crops'
+    from monai_uda.bundle import precise_bn
+
+    k = "conv_0.conv_0.adn.N.running_mean"
+    assert not torch.equal(best[k], final[k])
+    precise_bn(models / "model.pt", wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("uda"),
+               "source_training")
+    torch.testing.assert_close(torch.load(models / "model.pt", weights_only=True)[k], best[k])
     rec = training_record(str(models / "model.pt"))
     assert rec == {"val_dice": round(float(history.val_mean_dice.max()), 4), "best_iteration": best_epoch,
                    "iterations": trainer.state.epoch}
