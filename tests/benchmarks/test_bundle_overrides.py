@@ -36,7 +36,7 @@ def _row(out, method):
 def test_row_follows_a_benchmark_override(tmp_path, tiny_demo_2d, tiny_budget, one_thread):
     default = tmp_path / "default"
     run_benchmark(tiny_demo_2d, ["source", "bn"], str(default), mode="quick", progress=False)
-    assert _row(default, "bn")["bn_mode"] == "reset"  # the bundle's adapt.json default
+    assert _row(default, "bn")["bn_mode"] == "ema"  # the bundle's adapt.json default: Algorithm 1
     changed = tmp_path / "changed"
     run_benchmark(tiny_demo_2d, ["source", "bn"], str(changed), mode="quick", progress=False,
                   overrides={"bn": {"mode": "ema", "alpha": 0.5}})
@@ -48,6 +48,11 @@ def test_row_follows_a_benchmark_override(tmp_path, tiny_demo_2d, tiny_budget, o
     assert not torch.allclose(_bn_stats(default / "seed0" / "bn" / "model.pt"),
                               _bn_stats(changed / "seed0" / "bn" / "model.pt"))
     assert "overrides {'bn': {'mode': 'ema', 'alpha': 0.5}}" in (changed / "results.md").read_text()
+    # bn_reset: the same bundle in mode reset (the exact target statistics), beside Algorithm 1
+    run_benchmark(tiny_demo_2d, ["bn_reset"], str(default), mode="quick", progress=False, resume=True)
+    assert _row(default, "bn_reset")["bn_mode"] == "reset"
+    assert not torch.allclose(_bn_stats(default / "seed0" / "bn" / "model.pt"),
+                              _bn_stats(default / "seed0" / "bn_reset" / "model.pt"))
 
 
 

@@ -94,7 +94,7 @@ def test_source_train_evaluate_and_bn_adapt_are_tracked(tmp_path, tiny_demo_2d):
     _, runs = _runs(f"sqlite:///{bn_out / 'mlruns.db'}")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     m, p = runs[0].data.metrics, runs[0].data.params
-    assert p["mode"] == "reset" and p["target_images"] == "3" and p["source_checkpoint"] == ov["source_checkpoint"]
+    assert p["mode"] == "ema" and p["target_images"] == "3" and p["source_checkpoint"] == ov["source_checkpoint"]
     assert m["bn_layers"] == m["bn_layers_changed"] > 0 and m["bn_mean_abs_shift"] > 0
     assert "bn_layers_changed" in _scalar_tags(bn_out)
 
