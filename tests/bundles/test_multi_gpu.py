@@ -88,7 +88,9 @@ def test_bn_reestimation_two_ranks_equals_single_process(source_ddp, tmp_path, t
     out, _ = source_ddp
     src = str(out / "models" / "model.pt")
     # batch_size 1: the 3 target images are 3 batches, dealt 2 / 1 to the ranks
-    ov = {"datalist": tiny_demo_2d, "bundle_root": str(tmp_path), "source_checkpoint": src, "batch_size": 1}
+    # mode reset: the exact pooled statistics (Algorithm 1, the default, averages the per-rank recursions)
+    ov = {"datalist": tiny_demo_2d, "bundle_root": str(tmp_path), "source_checkpoint": src, "batch_size": 1,
+          "mode": "reset"}
     layers = ["adapt.json", "multi_gpu_adapt.json"]
     log = _torchrun("bn_reestimation_segmentation", layers, ckpt_dir=str(tmp_path / "ddp"), **ov)
     assert len(_rank_lines(log, 1)) > 0 and "Traceback" not in log
