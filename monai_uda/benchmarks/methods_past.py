@@ -2,11 +2,13 @@
 ``fda`` and ``histmatch``.
 
 - ``past``: the ``pixel_alignment_segmentation`` bundle end to end: CycleGAN translation source->target
-  (``train_translation.json``; as many iterations as one segmentation training of the budget), translation of the
-  source (``translate.json``), segmentation on the translated source (``train.json``) and ``K = 2`` top-q
-  self-training rounds (``self_train.json``, q from 0.6), each segmentation training with the budget.
+  (``train_translation.json``: ``translation_epochs`` x ``translation_epoch_length`` iterations), translation of the
+  source (``translate.json``), segmentation on the translated source (``train.json``: the source recipe, trained to
+  convergence) and ``K = 2`` top-q self-training rounds (``self_train.json``, q from 0.6; ``round_max_epochs`` x
+  ``round_epoch_length`` iterations each). Quick and demo modes cut every one of these.
 - ``fda`` / ``histmatch``: the source bundle's training with every source image aligned to a random target
-  training image (FDA low-frequency amplitude swap / histogram matching) in the training transform, same budget.
+  training image (FDA low-frequency amplitude swap / histogram matching) in the training transform, the source
+  recipe (without precise BN: its statistics would come from the unaligned source images).
 
 All three return plain ``UDAUNet`` state dicts, evaluated by the runner with the source bundle.
 """
