@@ -14,7 +14,7 @@ out=${1:-results/v2}
 data=${MONAI_UDA_DATA:-../shared/data}
 threads=${MONAI_UDA_THREADS:-1}
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
-s1="source,oracle,bn,bn_reset"
+s1="source,oracle,bn_source,bn,bn_reset"
 s2="$s1,buda,selftrain,st,cbst,early"
 s3="$s2,rf,enhancer,s2d,s2d_noteacher,s2d_norect"
 s4="$s2,past,fda,histmatch"

@@ -187,12 +187,12 @@ def cheaper_table(root: Path = ROOT) -> str:
 
 #: the methods full_benchmarks.sh runs on each pair
 PLAN = {
-    "A1": ["source", "oracle", "bn", "bn_reset", "buda", "selftrain", "mcdropout", "st", "cbst", "early", "rf", "enhancer", "s2d",
+    "A1": ["source", "oracle", "bn_source", "bn", "bn_reset", "buda", "selftrain", "mcdropout", "st", "cbst", "early", "rf", "enhancer", "s2d",
            "s2d_noteacher", "s2d_norect"],
 }
 PLAN["B2"] = PLAN["A1"]
 PLAN["C1"] = PLAN["A1"] + ["past", "fda", "histmatch"]
-PLAN["D1"] = ["source", "oracle", "bn", "bn_reset", "buda", "selftrain", "mcdropout", "st", "cbst", "early", "past", "fda",
+PLAN["D1"] = ["source", "oracle", "bn_source", "bn", "bn_reset", "buda", "selftrain", "mcdropout", "st", "cbst", "early", "past", "fda",
               "histmatch"]
 
 

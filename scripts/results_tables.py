@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 PAIRS = ["A1", "B2", "C1", "D1"]
-ORDER = ["source", "oracle", "bn", "bn_reset", "early", "st", "cbst", "buda", "selftrain", "mcdropout", "rf", "enhancer", "s2d",
+ORDER = ["source", "oracle", "bn_source", "bn", "bn_reset", "early", "st", "cbst", "buda", "selftrain", "mcdropout", "rf", "enhancer", "s2d",
          "s2d_noteacher", "s2d_norect", "past", "fda", "histmatch"]
 
 

@@ -49,10 +49,29 @@ def test_row_follows_a_benchmark_override(tmp_path, tiny_demo_2d, tiny_budget, o
                               _bn_stats(changed / "seed0" / "bn" / "model.pt"))
     assert "overrides {'bn': {'mode': 'ema', 'alpha': 0.5}}" in (changed / "results.md").read_text()
     # bn_reset: the same bundle in mode reset (the exact target statistics), beside Algorithm 1
-    run_benchmark(tiny_demo_2d, ["bn_reset"], str(default), mode="quick", progress=False, resume=True)
-    assert _row(default, "bn_reset")["bn_mode"] == "reset"
-    assert not torch.allclose(_bn_stats(default / "seed0" / "bn" / "model.pt"),
-                              _bn_stats(default / "seed0" / "bn_reset" / "model.pt"))
+    # bn_source: a control on the whole source training images (no target image), also mode reset
+    run_benchmark(tiny_demo_2d, ["bn_reset", "bn_source"], str(default), mode="quick", progress=False, resume=True)
+    assert _row(default, "bn_reset")["bn_mode"] == _row(default, "bn_source")["bn_mode"] == "reset"
+    stats = {m: _bn_stats(default / "seed0" / m / "model.pt") for m in ("bn", "bn_reset", "bn_source")}
+    assert not torch.allclose(stats["bn"], stats["bn_reset"]) and not torch.allclose(stats["bn_reset"], stats["bn_source"])
+    from monai_uda.data import UDAData
+    from monai_uda.methods.bn_reestimation.reestimation import reestimate_bn
+    from monai_uda.networks import UDAUNet
+    from monai_uda.transforms import segmentation_transforms
+
+    uda = UDAData(tiny_demo_2d)
+    tf = segmentation_transforms("target", uda=uda)
+
+    def exact(key):  # the exact statistics of one split's whole images
+        net = UDAUNet(spatial_dims=2, in_channels=1, out_channels=2)
+        net.load_state_dict(torch.load(default / "seed0" / "source" / "model.pt", weights_only=True))
+        reestimate_bn(net, [tf(it)["image"][None] for it in uda.split(key)], mode="reset", progress=False)
+        return torch.cat([v.flatten() for k, v in net.state_dict().items() if k.endswith("running_mean")])
+
+    src, tgt = exact("source_training"), exact("target_training")
+    gap = lambda a, b: float((a - b).abs().max())  # noqa: E731
+    assert gap(stats["bn_source"], src) < gap(stats["bn_source"], tgt) / 3  # from the source images
+    assert gap(stats["bn_reset"], tgt) < gap(stats["bn_reset"], src) / 3  # from the target images
 
 
 

@@ -58,12 +58,12 @@ def test_a_network_without_batchnorm_is_left_alone(tmp_path, tiny_demo_2d):
 
 
 @pytest.mark.parametrize("bundle", ["source_segmentation", "pixel_alignment_segmentation"])
-def test_the_source_recipe_ends_with_precise_bn(bundle):
+def test_the_source_recipe_has_precise_bn_as_an_option_off_by_default(bundle):
     import json
 
     from monai_uda.bundle import bundle_dir
 
     cfg = json.loads((bundle_dir(bundle) / "configs" / "train.json").read_text())
-    assert cfg["precise_bn"] is True
+    assert cfg["precise_bn"] is False  # measured: not a uniform improvement (docs/benchmarks/precise_bn_check/)
     run = cfg["run"]
     assert "trainer.run()" in run[0] and "precise_bn" in run[1] and "write_model_card" in run[2]

@@ -67,7 +67,7 @@ def test_best_checkpoint_and_early_stopping(tmp_path, tiny_demo_2d):
     from monai_uda.benchmarks.methods import training_record
 
     wf = run_bundle(BUNDLE, "train.json", **_ov(tmp_path, tiny_demo_2d, max_epochs=8, epoch_length=1,
-                                                early_stop_patience=2, learning_rate=0.01))
+                                                early_stop_patience=2, learning_rate=0.01, precise_bn=True))
     models = tmp_path / "models"
     history = pd.read_csv(models / "validation_history.csv")
     trainer = wf.parser.get_parsed_content("train#trainer")
@@ -80,7 +80,8 @@ def test_best_checkpoint_and_early_stopping(tmp_path, tiny_demo_2d):
     stats = ("running_mean", "running_var", "num_batches_tracked")
     same = all(torch.equal(best[k], final[k]) for k in best if not k.endswith(stats))  # the weights
     assert same == (best_epoch == trainer.state.epoch)
-    # model.pt's BatchNorm statistics are those of the whole training images (precise BN), not the crops'
+    # with precise_bn (an option, off by default) model.pt's BatchNorm statistics are those of the whole
+    # training images, not the crops'
     from monai_uda.bundle import precise_bn
 
     k = "conv_0.conv_0.adn.N.running_mean"
