@@ -135,6 +135,32 @@ def v2_table(root: Path = ROOT) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: rows that are not adaptations (they use no target image): never "the best adaptation"
+CONTROLS = ("bn_source",)
+
+
+def bn_control_table(root: Path = ROOT) -> str:
+    """BN re-estimation on target images (``bn``: Algorithm 1, ``bn_reset``) against the same re-estimation on
+    whole source images (``bn_source``, the control): the paired test says whether the target images add anything."""
+    lines = ["| pair | bn_source (control) | bn | bn vs control | bn_reset | bn_reset vs control |", "|---|---|---|---|---|---|"]
+    for pair, (df, pi) in _v2(root).items():
+        if "bn_source" not in set(df.method):
+            continue
+
+        def cell(m):
+            g = df[df.method == m]
+            return "—" if g.empty else _mean_std(g.dice)
+
+        def vs(m):
+            if m not in set(df.method):
+                return "—"
+            t = paired_test(pi, m, baseline="bn_source")
+            return f"{t['mark']} ({t['mean_diff']:+.3f}, p {t['p']:.3f})"
+
+        lines.append(f"| {pair} | {cell('bn_source')} | {cell('bn')} | {vs('bn')} | {cell('bn_reset')} | {vs('bn_reset')} |")
+    return "\n".join(lines) + "\n"
+
+
 def v2_summary(root: Path = ROOT) -> str:
     """Per pair: source, oracle and the best method significantly better than source (or none)."""
     data = _v2(root)
@@ -147,10 +173,10 @@ def v2_summary(root: Path = ROOT) -> str:
             g = df[df.method == m]
             return "—" if g.empty else _mean_std(g.dice)
         better = [(df[df.method == m].dice.mean(), m) for m in df.method.unique()
-                  if m not in ("source", "oracle") and paired_test(pi, m)["mark"] == "+"]
+                  if m not in ("source", "oracle", *CONTROLS) and paired_test(pi, m)["mark"] == "+"]
         best = max(better) if better else None
         cell = "none" if best is None else f"{best[1]}: {ms(best[1])}"
-        ran = [m for m in df.method.unique() if m not in ("source", "oracle")]
+        ran = [m for m in df.method.unique() if m not in ("source", "oracle", *CONTROLS)]
         lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {df.seed.nunique()} | "
                      f"{', '.join(ran) or 'none'} |")
     return "\n".join(lines) + "\n"
@@ -251,7 +277,7 @@ def main() -> None:
     p.add_argument("--write", nargs="*", default=None, help="the pages whose marked sections to replace")
     a = p.parse_args()
     tables = {"convergence": convergence_table(), "v2": v2_table(), "v2-summary": v2_summary(),
-              "budget": budget_table(), "cheaper": cheaper_table(),
+              "budget": budget_table(), "cheaper": cheaper_table(), "bn-control": bn_control_table(),
               "cost": cost_table()}
     if a.write is None:
         for name, table in tables.items():
