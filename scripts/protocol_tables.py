@@ -222,6 +222,18 @@ PLAN["D1"] = ["source", "oracle", "bn_source", "bn", "bn_reset", "buda", "selftr
               "histmatch"]
 
 
+def _convergence_seconds(root: Path, pair: str, model: str) -> float | None:
+    """Wall seconds of a 1x training of ``model`` on ``pair``, from the 2x convergence run (its seconds scaled by
+    the iterations the 1x rule would have run)."""
+    hp = root / "convergence" / pair / f"{model}_validation_history.csv"
+    r2 = _row(root / "convergence" / pair / "results.csv", model)
+    if not hp.is_file() or r2 is None or "wall_seconds" not in r2:
+        return None
+    h2 = pd.read_csv(hp)
+    one, two = replay(h2), replay(h2, 2 * CAP, 2 * PATIENCE)
+    return float(r2.wall_seconds) * one["iterations"] / max(two["iterations"], 1)
+
+
 def cost_table(root: Path = ROOT, seeds: int = 3) -> str:
     """Hours of the full benchmark (every pair and method of :data:`PLAN`, ``seeds`` seeds, one thread).
 
@@ -229,7 +241,8 @@ def cost_table(root: Path = ROOT, seeds: int = 3) -> str:
     without is estimated from its v1 seconds (``docs/benchmarks/<pair>/results.csv``, one seed, 240
     iterations) times the median v2/v1 ratio of the same method over the pairs where both exist, or over all
     measured adaptation methods (source and oracle's convergence training excluded) when the method has no v2
-    row anywhere; without a v1 row it is not counted.
+    row anywhere; source and oracle use their convergence run's time instead (cut to the 1x stop); a method without a v1 row counts its mean measured time on the other pairs, else it is not
+    counted.
     """
     v2 = {p: r for p, (r, _) in _v2(root).items()}
     v1 = {p: pd.read_csv(root / p / "results.csv") for p in PAIRS if (root / p / "results.csv").is_file()}
@@ -257,12 +270,21 @@ def cost_table(root: Path = ROOT, seeds: int = 3) -> str:
                 meas += w * seeds
                 n_meas += 1
                 continue
+            conv = _convergence_seconds(root, p, m)
+            if conv is not None:  # source/oracle: the 2x convergence run's time, cut to where the 1x rule stops
+                est += conv * seeds
+                n_est += 1
+                continue
             r = float(pd.Series(ratios[m]).median()) if m in ratios else overall
             b = sec(v1.get(p), m, "seconds")
-            if r is None or b is None:
+            elsewhere = [w for q, df in v2.items() if q != p and (w := sec(df, m, "wall_seconds")) is not None]
+            if r is not None and b is not None:
+                est += b * r * seeds
+            elif elsewhere:  # no v1 row (a method added since): its measured time on the other pairs
+                est += float(pd.Series(elsewhere).mean()) * seeds
+            else:
                 missing.append(m)
                 continue
-            est += b * r * seeds
             n_est += 1
         total_m, total_e = total_m + meas, total_e + est
         lines.append(f"| {p} | {n_meas} methods ({meas / 3600:.1f} h) | {n_est} methods ({est / 3600:.1f} h) | "
