@@ -57,6 +57,8 @@ CHECKS = [
           "n/s; refinement \"up to five epochs\"", {"max_epochs": 24}),
     Check("s2d_forests", "A1", "enhancer", "source Random Forests", "60 forests of 10 trees", "500 to 1000",
           {"n_forests": 120}, needs_source=False),
+    Check("s2d_enhancer", "A1", "enhancer", "Prediction Enhancer iterations", "12 × 20 at the paper's lr 2e-4",
+          "n/s (lr 2e-4, plateau schedule)", {"max_epochs": 24}, needs_source=False),
     Check("s2d_net", "A1", "s2d", "pseudo-label net iterations", "12 × 20", "n/s (lr 2e-4, plateau schedule)",
           {"max_epochs": 24}, reuse=("s2d_common",), needs_source=False),
     Check("past_translator", "D1", "past", "translator iterations", "12 × 20", "n/s (NICE-GAN)",
