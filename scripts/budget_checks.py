@@ -127,7 +127,7 @@ def budget_table(root: Path = DOCS) -> str:
                    "=": "no significant difference: past diminishing returns", "?": "too few pairs"}[t["mark"]]
         lines.append("| " + " | ".join(cells + [
             f"{_mean_std(per_seed(a))} ({a.seed.nunique()})", f"{_mean_std(per_seed(b))} ({b.seed.nunique()})",
-            f"{t['mean_diff']:+.3f} ({t['p']:.3f})", verdict]) + " |")
+            f"{t['mean_diff']:+.3f} (p {'< 0.001' if t['p'] < 0.001 else format(t['p'], '.3f')})", verdict]) + " |")
     return "\n".join(lines) + "\n"
 
 
