@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from monai_uda.benchmarks.runner import source_model_path
 from monai_uda.evaluation.significance import paired_test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def run(check: Check, data_root: str, out_root: Path, threads: int) -> None:
     cmd = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
            "--methods", check.method, "--seeds", "0", "1", "2", "--out", str(out), "--resume",
            "--threads", str(threads)]
-    if check.needs_source and all((one / f"seed{s}" / "source" / "model.pt").is_file() for s in (0, 1, 2)):
+    if check.needs_source and all(Path(source_model_path(str(one), s)).is_file() for s in (0, 1, 2)):
         cmd += ["--source-from", str(one)]
     elif check.needs_source:  # another machine: each seed's source model is trained again (deterministic per seed
         print(f"{check.name}: no source models in {one}; the check trains its own (same seeds)")  # and threads)
@@ -98,7 +99,8 @@ def run(check: Check, data_root: str, out_root: Path, threads: int) -> None:
         shutil.copy(out / f, dst / f)
 
 
-def _mean_std(v: pd.Series) -> str:
+def mean_std(v: pd.Series) -> str:
+    """``mean ± std`` (population std) with three decimals, the format of every protocol table."""
     return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
 
 
@@ -126,7 +128,7 @@ def budget_table(root: Path = DOCS) -> str:
         verdict = {"+": "more helps: 1x is short", "-": "2x is worse: past diminishing returns",
                    "=": "no significant difference: past diminishing returns", "?": "too few pairs"}[t["mark"]]
         lines.append("| " + " | ".join(cells + [
-            f"{_mean_std(per_seed(a))} ({a.seed.nunique()})", f"{_mean_std(per_seed(b))} ({b.seed.nunique()})",
+            f"{mean_std(per_seed(a))} ({a.seed.nunique()})", f"{mean_std(per_seed(b))} ({b.seed.nunique()})",
             f"{t['mean_diff']:+.3f} (p {'< 0.001' if t['p'] < 0.001 else format(t['p'], '.3f')})", verdict]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from budget_checks import budget_table  # this folder: the diminishing-returns checks
+from budget_checks import budget_table, mean_std  # this folder: the diminishing-returns checks
 from results_tables import ORDER, PAIRS  # this folder's v1 page: the same pairs and method order
 
 from monai_uda.evaluation.significance import paired_test
@@ -108,11 +108,6 @@ def _v2(root: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     return out
 
 
-def _mean_std(v: pd.Series) -> str:
-    v = v.astype(float)
-    return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
-
-
 def v2_table(root: Path = ROOT) -> str:
     """Target-test Dice, mean ± std over seeds (seeds run), with the paired test against source."""
     data = _v2(root)
@@ -129,7 +124,7 @@ def v2_table(root: Path = ROOT) -> str:
                 cells.append("—")
                 continue
             mark = "" if m == "source" else " " + paired_test(pi, m)["mark"]
-            cells.append(f"{_mean_std(g.dice)} ({len(g)}){mark}")
+            cells.append(f"{mean_std(g.dice)} ({len(g)}){mark}")
         if any(c != "—" for c in cells):
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -149,7 +144,7 @@ def bn_control_table(root: Path = ROOT) -> str:
 
         def cell(m):
             g = df[df.method == m]
-            return "—" if g.empty else _mean_std(g.dice)
+            return "—" if g.empty else mean_std(g.dice)
 
         def vs(m):
             if m not in set(df.method):
@@ -171,7 +166,7 @@ def v2_summary(root: Path = ROOT) -> str:
     for pair, (df, pi) in data.items():
         def ms(m):
             g = df[df.method == m]
-            return "—" if g.empty else _mean_std(g.dice)
+            return "—" if g.empty else mean_std(g.dice)
         better = [(df[df.method == m].dice.mean(), m) for m in df.method.unique()
                   if m not in ("source", "oracle", *CONTROLS) and paired_test(pi, m)["mark"] == "+"]
         best = max(better) if better else None
@@ -204,7 +199,7 @@ def cheaper_table(root: Path = ROOT) -> str:
                 continue
             both = pd.concat([fi[fi.method == m].assign(method="v2"), ci[ci.method == m].assign(method="cheaper")])
             t = paired_test(both, "cheaper", baseline="v2")
-            lines.append(f"| {name} | {m} | {_mean_std(a.dice)} | {_mean_std(b.dice)} | "
+            lines.append(f"| {name} | {m} | {mean_std(a.dice)} | {mean_std(b.dice)} | "
                          f"{t['mean_diff']:+.3f} ({t['p']:.3f}) {t['mark']} | {a.wall_seconds.mean():.0f} | "
                          f"{b.wall_seconds.mean():.0f} |")
     notes = [f"`{name}` ({pair}): {what}." for name, (pair, what) in CHEAPER.items()]

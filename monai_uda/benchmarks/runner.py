@@ -223,7 +223,7 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
         workdir = os.path.join(out, f"seed{seed}")
 
         def source(ctx_=None, _seed=seed, _workdir=workdir):
-            finished = os.path.join(_workdir, "source", "model.pt")
+            finished = source_model_path(out, _seed)
             if "source" not in cache and source_from is not None:
                 cache["source"] = source_model_path(source_from, _seed)
             if "source" not in cache and resume and os.path.isfile(finished):
