@@ -17,7 +17,7 @@ never seen by any network). The scribble budget is reported in every row (``scri
   mean-teacher consistency term; ``s2d_norect``: without label rectification (Table 7). Plain ``UDAUNet``
   checkpoints.
 
-Forest sizes: full mode uses the bundle's (``prepare_forests.json``: 60 source forests of 10 trees;
+Forest sizes: full mode uses the bundle's (``prepare_forests.json``: 500 source forests of 10 trees, the paper's count;
 ``adapt.json``: a 100-tree target forest, ilastik's default); the cut budgets of the quick and demo modes
 scale them with ``iterations = max_epochs * epoch_length`` (8 source forests and a 20-tree target forest
 in quick mode).

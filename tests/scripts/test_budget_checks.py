@@ -73,3 +73,16 @@ def test_run_reuses_the_v2_source_models_and_stages(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="past_translator"):  # a stage the 1x run never made is named
         budget_checks.run(budget_checks.Check("past_translator", "D1", "past", "", "", "", {}, reuse=("x",)),
                           "data", repo / "results" / "budget", threads=1)
+
+
+def test_a_check_whose_1x_budget_the_bundle_left_reads_its_own_1x_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    old = rng.uniform(0.3, 0.5, size=(3, 8))
+    # the pair's v2 rows now hold the new (2x) budget; the check's 1x rows are kept beside its 2x rows
+    _per_image(tmp_path / "v2" / "A1" / "per_image.csv", "enhancer", old + 0.2)
+    _per_image(tmp_path / "budget" / "s2d_enhancer" / "per_image_1x.csv", "enhancer", old)
+    _per_image(tmp_path / "budget" / "s2d_enhancer" / "per_image.csv", "enhancer", old + 0.2)
+    _per_image(tmp_path / "budget" / "s2d_enhancer_48" / "per_image.csv", "enhancer", old + 0.2)
+    table = budget_checks.budget_table(tmp_path)
+    assert "+0.200" in _row(table, "s2d_enhancer") and "more helps" in _row(table, "s2d_enhancer")
+    assert "+0.000" in _row(table, "s2d_enhancer_48")  # 1x read from v2: the same rows
