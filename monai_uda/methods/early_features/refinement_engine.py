@@ -77,7 +77,7 @@ class EarlyRefinementUpdate:
     events (``FORWARD_COMPLETED`` ... ``MODEL_COMPLETED``) are fired as in ``SupervisedTrainer``.
 
     Args:
-        reestimate_bn: see :mod:`monai_uda.methods.early_features.refinement`; default ``"early"``.
+        reestimate_bn: see :mod:`monai_uda.methods.early_features.refinement`; default ``"all"``.
         image_key: image key of dict batches.
 
     Returns (per call):
@@ -85,7 +85,7 @@ class EarlyRefinementUpdate:
         heads), LOSS: loss}``.
     """
 
-    def __init__(self, reestimate_bn: bool | str = "early", image_key: str = Keys.IMAGE):
+    def __init__(self, reestimate_bn: bool | str = "all", image_key: str = Keys.IMAGE):
         self.reestimate_bn = normalize_bn_mode(reestimate_bn)
         self.image_key = image_key
 
@@ -121,7 +121,7 @@ def create_early_refinement_trainer(
     lr: float = 1e-3,
     device: str | torch.device = "cpu",
     detach_pseudo_label: bool = True,
-    reestimate_bn: bool | str = "early",
+    reestimate_bn: bool | str = "all",
     min_delta: float = 0.005,
     agreement_loader: Iterable | None = None,
     agreement_inferer: Inferer | Callable | None = None,
@@ -129,7 +129,7 @@ def create_early_refinement_trainer(
     include_lower: bool = True,
     image_key: str = Keys.IMAGE,
     train_handlers: Sequence | None = None,
-    restore_on_divergence: bool = True,
+    restore_on_divergence: bool = False,
     divergence_delta: float = 0.02,
     **trainer_kwargs: Any,
 ) -> SupervisedTrainer:
@@ -150,7 +150,8 @@ def create_early_refinement_trainer(
         image_key: image key of dict batches.
         train_handlers: extra handlers (the stop handler is added last).
         restore_on_divergence: the divergence guard of
-            :class:`~monai_uda.methods.early_features.agreement_early_stop.AgreementEarlyStop` (on by default): the
+            :class:`~monai_uda.methods.early_features.agreement_early_stop.AgreementEarlyStop` (off by default: not in the
+            paper, and it would have rejected measured gains; the paper's rule is the agreement change < ``min_delta``): the
             agreement before refinement is measured too, and when it later falls more than
             ``divergence_delta`` below its best, the best epoch's weights are restored and refinement stops.
         divergence_delta: see ``restore_on_divergence``.
@@ -269,11 +270,11 @@ class OneShotRefinementInferer(Inferer):
         lr: float = 1e-3,
         min_delta: float = 0.005,
         detach_pseudo_label: bool = True,
-        reestimate_bn: bool | str = "early",
+        reestimate_bn: bool | str = "all",
         sw_batch_size: int = 4,
         overlap: float = 0.25,
         progress: bool = True,
-        restore_on_divergence: bool = True,
+        restore_on_divergence: bool = False,
         divergence_delta: float = 0.02,
     ):
         super().__init__()

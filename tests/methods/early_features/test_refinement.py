@@ -96,11 +96,11 @@ def _run_refinement(seg, dims, **kw):
 
 
 @pytest.mark.parametrize("dims,levels,early", [(2, (0,), ("conv_0",)), (3, (0, 1), ("conv_0", "down_1"))])
-@pytest.mark.parametrize("bn", [None, "none"])
+@pytest.mark.parametrize("bn", ["early", "none"])
 def test_only_early_layers_change(dims, levels, early, bn):
     seg = _seg(dims, levels)
     before = _snapshot(seg)
-    trainer = _run_refinement(seg, dims, **({} if bn is None else {"reestimate_bn": bn}))
+    trainer = _run_refinement(seg, dims, reestimate_bn=bn)
     assert trainer.state.iteration == 2
     prefixes = tuple(f"network.{n}." for n in early)
     changed = {k for k, v in seg.state_dict().items() if not torch.equal(v, before[k])}
@@ -112,8 +112,19 @@ def test_only_early_layers_change(dims, levels, early, bn):
         assert any(k.startswith(f"network.{n}.") and k in param_names for k in changed), n
     if bn == "none":  # no BatchNorm statistics re-estimated at all
         assert changed <= param_names
-    else:  # default "early": the early BatchNorm statistics follow the target
+    else:  # "early": the early BatchNorm statistics follow the target
         assert any(k.endswith("running_mean") for k in changed)
+
+
+def test_default_reestimates_every_batchnorm_but_updates_only_early_weights():
+    seg = _seg(2)
+    before = _snapshot(seg)
+    _run_refinement(seg, 2)  # the default: reestimate_bn "all"
+    params = dict(seg.named_parameters())
+    changed = {k for k, v in seg.state_dict().items() if not torch.equal(v, before[k])}
+    assert {k for k in changed if k in params} and all(k.startswith("network.conv_0.") for k in changed if k in params)
+    later_stats = {k for k in changed if k.endswith("running_mean") and not k.startswith("network.conv_0.")}
+    assert later_stats, "the deeper BatchNorm statistics did not follow the target batches"
 
 
 @pytest.mark.parametrize("mode", ["early", "all"])
