@@ -1,4 +1,5 @@
-"""The ``monai-uda`` command line: ``demo``, ``datalist``, ``validate``, ``benchmark``, ``report``, ``shift``, ``infer``."""
+"""The ``monai-uda`` command line: ``demo``, ``datalist``, ``validate``, ``benchmark``, ``report``, ``shift``,
+``infer``, ``select``."""
 
 from __future__ import annotations
 
@@ -276,6 +277,132 @@ def cmd_infer(a: argparse.Namespace) -> int:
     return 0  # inference.json's last step printed where the segmentations are
 
 
+def load_validator_plugins() -> list[str]:
+    """Import every ``monai_uda/methods/<method>/*_validator.py``: where a method package registers its validators
+    (e.g. ``w2_shift`` of BatchNorm re-estimation) without the generic ``monai_uda.validators`` importing it.
+
+    Returns:
+        the imported modules' names.
+    """
+    import glob
+    import importlib
+
+    import monai_uda.methods as methods
+
+    names = []
+    for root in methods.__path__:
+        for path in sorted(glob.glob(os.path.join(root, "*", "*_validator.py"))):
+            package = os.path.basename(os.path.dirname(path))
+            name = f"monai_uda.methods.{package}.{os.path.splitext(os.path.basename(path))[0]}"
+            importlib.import_module(name)
+            names.append(name)
+    return names
+
+
+def _rule(s: str) -> str | list[str]:
+    items = [c.strip() for c in s.split(",") if c.strip()]
+    return items[0] if len(items) == 1 else items
+
+
+def _names(items: Sequence[str] | None) -> list[str] | None:
+    """``--validators a,b c`` -> ``["a", "b", "c"]`` (None when not given)."""
+    if items is None:
+        return None
+    return [n.strip() for item in items for n in item.split(",") if n.strip()]
+
+
+def cmd_select(a: argparse.Namespace) -> int:
+    import torch
+
+    from monai_uda.bundle import bundle_dir
+    from monai_uda.bundle.stages import check_source_checkpoint
+    from monai_uda.networks import UDAUNet
+    from monai_uda.utils import atomic_write_text
+    from monai_uda.validators import score_candidates, select
+    from monai_uda.validators.candidates import (as_uda, bench_candidates, checkpoint_candidates, default_inferer,
+                                                 source_statistics, target_images)
+    from monai_uda.validators.registry import get_validator, validator_needs
+    from monai_uda.validators.score import default_validators
+    from monai_uda.validators.selection import DEFAULT_RULE
+    from monai_uda.validators.selection_report import (plot_selection, selection_record, selection_table,
+                                                       write_selection_bundle, write_selection_csv)
+
+    if a.checkpoints and not a.source:
+        raise ValueError("--checkpoints needs --source (the source model, the reference the candidates must beat)")
+    if a.source and not a.checkpoints:
+        raise ValueError("--source goes with --checkpoints (a --bench folder has its own source model)")
+    if a.seed is not None and not a.bench:
+        raise ValueError("--seed goes with --bench")
+    for option, value in (("--limit", a.limit), ("--label-limit", a.label_limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be at least 1, got {value}")
+    load_validator_plugins()
+    validators = _names(a.validators)
+    for n in validators or []:
+        get_validator(n)  # an unknown name: one line naming the known ones, before anything is loaded
+    rule = _rule(a.rule)
+    uda = as_uda(a.datalist)
+    dims, channels, classes = uda.spatial_dims, uda.in_channels, uda.num_classes
+
+    def network() -> torch.nn.Module:
+        return UDAUNet(dims, channels, classes)
+
+    if a.bench:
+        found = bench_candidates(a.bench, network, seed=a.seed)
+    else:
+        found = checkpoint_candidates(a.checkpoints, a.source, network)
+    check_source_checkpoint(found.checkpoints[found.source_name], uda)  # its model card: trained on this datalist
+    if found.skipped:
+        print(f"monai-uda select: {found.skipped_message()}", flush=True)
+    if len(found.networks) < 2:
+        raise ValueError(f"{found.description}: no candidate besides the source model to select from")
+    images = target_images(uda, a.limit)
+    if validators is None:  # the cheap set (about one extra inference pass); w2_shift and tta on request
+        validators = default_validators(len(found.networks), len(images), True, True)
+    columns = list(DEFAULT_RULE) if rule == "default" else [rule] if isinstance(rule, str) else list(rule)
+    if rule == "default" and not set(columns) & set(validators):
+        raise ValueError(f"--rule default needs one of the validators {', '.join(DEFAULT_RULE)}; "
+                         f"--validators gave {', '.join(validators)}")
+    if rule != "default" and set(columns) - set(validators):
+        raise ValueError(f"--rule {a.rule}: {', '.join(sorted(set(columns) - set(validators)))} not among the "
+                         f"validators run ({', '.join(validators)})")
+    needs_statistics = any("source_statistics" in validator_needs(n) for n in validators)
+    statistics = source_statistics(uda, a.label_limit) if needs_statistics else None
+    labels = len(uda.split("source_training", limit=a.label_limit)) if needs_statistics else 0
+    print(f"monai-uda select: {len(found.networks)} models ({', '.join(found.networks)}) from {found.description}; "
+          f"{len(images)} target_training image(s); validators {', '.join(validators)}"
+          + (f"; source-label prior from {labels} source_training label(s)" if labels else ""), flush=True)
+    df = score_candidates(found.networks, images, source_name=found.source_name, validators=validators,
+                          inferer=default_inferer(dims, a.roi_size), device=torch.device(a.device), progress=True,
+                          source_statistics=statistics)
+    choice, reason = select(df, rule, source_name=found.source_name)
+    table = selection_table(df, choice, rule, found.checkpoints)
+    os.makedirs(a.out, exist_ok=True)
+    csv = write_selection_csv(table, os.path.join(a.out, "selection.csv"))
+    png = plot_selection(table, os.path.join(a.out, "selection.png"), rule,
+                         title=f"{uda.name}: {found.description} (selected {choice})")
+    record = selection_record(table, choice, reason, rule, checkpoint=os.path.abspath(found.checkpoints[choice]),
+                              candidates=found.description, datalist=os.path.abspath(a.datalist),
+                              target_images=len(images), skipped=found.skipped, labels=uda.labels)
+    atomic_write_text(os.path.join(a.out, "selection.json"), _json(record))
+    shown = [c for c in table.columns if c not in ("checkpoint", "chosen")]
+    print(table[shown].to_string(float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {csv}, {png} and {os.path.join(a.out, 'selection.json')}")
+    if a.write_bundle:
+        write_selection_bundle(a.write_bundle, bundle_dir("source_segmentation"), found.networks[choice].state_dict(),
+                               record, dims, channels, classes)
+        print(f"wrote bundle {a.write_bundle}: models/model.pt = {choice} ({found.checkpoints[choice]}), validator "
+              "scores in configs/metadata.json (uda_selection)")
+    print(f"selected: {choice} ({found.checkpoints[choice]}): {reason}")
+    return 0
+
+
+def _json(obj: object) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monai-uda", description="Unsupervised domain adaptation for MONAI segmentation")
     p.add_argument("--debug", action="store_true", help="show full tracebacks and engine logs instead of one-line errors")
@@ -371,6 +498,39 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     threads_option(i)
     i.set_defaults(fn=cmd_infer)
+
+    sel = command("select", "pick the adapted model to trust without target labels: score candidate models on the "
+                  "unlabelled target_training images with label-free validators, or keep the source model",
+                  "monai-uda select --datalist A1.json --bench results/A1 --seed 0 --out results/A1/selection")
+    sel.add_argument("--datalist", required=True, help="the UDA datalist (target_training images; source_training "
+                     "labels for the source-label prior; target labels are never read)")
+    which = sel.add_mutually_exclusive_group(required=True)
+    which.add_argument("--bench", default=None, help="a monai-uda benchmark output folder: its seed's models compete "
+                       "(oracle, rf and enhancer skipped)")
+    which.add_argument("--checkpoints", nargs="+", default=None, metavar="CKPT",
+                       help="candidate checkpoint files (UDAUNet state dicts), e.g. every epoch of one run; "
+                            "with --source")
+    sel.add_argument("--source", default=None, help="the source model's checkpoint (the reference), with --checkpoints")
+    sel.add_argument("--seed", type=int, default=None, help="with --bench: the seed whose models compete "
+                     "(None: the first seed of results.csv)")
+    sel.add_argument("--validators", nargs="+", default=None, metavar="NAME",
+                     help="validators to run, space or comma separated (None: entropy, im, source_agreement, "
+                          "consensus, mixval, foreground_fraction, component_sizes; also available: w2_shift, tta, "
+                          "mc_dropout)")
+    sel.add_argument("--rule", default="default", help="'default' (mean rank over im, mixval, foreground_fraction, "
+                     "component_sizes), one validator, or a comma-separated list whose mean rank decides")
+    sel.add_argument("--out", default="results/selection", help="output folder (selection.csv, .png, .json)")
+    sel.add_argument("--limit", type=int, default=None, help="score on the first N target_training images only")
+    sel.add_argument("--label-limit", type=int, default=16,
+                     help="read at most this many source_training labels for the source-label prior")
+    sel.add_argument("--roi-size", type=int, nargs="+", default=None,
+                     help="sliding-window size (None: 128 per axis in 2D, 64 in 3D, as the bundles evaluate)")
+    sel.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    sel.add_argument("--write-bundle", default=None, metavar="DIR",
+                     help="also write the chosen model as a MONAI bundle folder MONAI Label can serve "
+                          "(DIR/models/model.pt, DIR/configs/ of bundles/source_segmentation, scores in metadata.json)")
+    threads_option(sel)
+    sel.set_defaults(fn=cmd_select)
     return p
 
 

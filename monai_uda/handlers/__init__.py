@@ -3,5 +3,6 @@
 from .atomic_checkpoint_saver import AtomicCheckpointSaver
 from .segmentation_metrics_saver import SegmentationMetricsSaver
 from .validation_history import ValidationHistory
+from .validator_checkpoint import ValidatorCheckpointSelector
 
-__all__ = ["AtomicCheckpointSaver", "SegmentationMetricsSaver", "ValidationHistory"]
+__all__ = ["AtomicCheckpointSaver", "SegmentationMetricsSaver", "ValidationHistory", "ValidatorCheckpointSelector"]

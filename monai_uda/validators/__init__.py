@@ -21,7 +21,9 @@ family (module)            registered names            extra cost
 
 :func:`score_candidates` builds the table (one row per candidate, plus ``inference_seconds`` and
 ``validator_seconds``), :func:`select` applies the default rule (rank average; keep the source model
-unless a candidate ranks above it).
+unless a candidate ranks above it). :mod:`.candidates` reads candidates from disk (a benchmark folder, or a
+list of checkpoints and the source model) and the ``target_training`` images; :mod:`.selection_report` writes
+``selection.csv``, ``selection.png`` and a bundle of the chosen model (``monai-uda select``, docs/selection.md).
 
 Plug-in point: :data:`VALIDATORS` is open. A method package registers its own validators with
 :func:`register_validator` (e.g. the target-normalised W2 feature shift of BatchNorm re-estimation,
@@ -41,6 +43,7 @@ from .predictions import Candidate, Predictions, predict_probabilities
 from .registry import VALIDATORS, get_validator, register_validator
 from .score import score_candidates
 from .selection import DEFAULT_RULE, select
+from .candidates import CandidateSet, bench_candidates, checkpoint_candidates, source_statistics, target_images
 
 __all__ = [
     "VALIDATORS", "register_validator", "get_validator",
@@ -52,4 +55,5 @@ __all__ = [
     "LabelStatistics", "source_label_statistics", "foreground_fraction_score", "component_size_score",
     "mixval_score",
     "score_candidates", "DEFAULT_RULE", "select",
+    "CandidateSet", "bench_candidates", "checkpoint_candidates", "target_images", "source_statistics",
 ]
