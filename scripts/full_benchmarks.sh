@@ -37,6 +37,7 @@ for p in A1 B2 C1 D1; do run $p "$s2"; done
 for p in A1 B2 C1; do run $p "$s3"; done
 run C1 "$s3,past,fda,histmatch"
 run D1 "$s4"
-for p in A1 B2; do run $p "$s3,mcdropout"; done
-run C1 "$s3,past,fda,histmatch,mcdropout"
-run D1 "$s4,mcdropout"
+# last: the label-free pick among each seed's models (it must run after all of them; resume keeps its rows)
+for p in A1 B2; do run $p "$s3,mcdropout,selected"; done
+run C1 "$s3,past,fda,histmatch,mcdropout,selected"
+run D1 "$s4,mcdropout,selected"

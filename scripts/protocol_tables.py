@@ -132,6 +132,8 @@ def v2_table(root: Path = ROOT) -> str:
 
 #: rows that are not adaptations (they use no target image): never "the best adaptation"
 CONTROLS = ("bn_source",)
+#: rows that are not a method of their own: the label-free pick among the others (monai_uda.validators)
+PICKS = ("selected",)
 
 
 def bn_control_table(root: Path = ROOT) -> str:
@@ -157,22 +159,29 @@ def bn_control_table(root: Path = ROOT) -> str:
 
 
 def v2_summary(root: Path = ROOT) -> str:
-    """Per pair: source, oracle and the best method significantly better than source (or none)."""
+    """Per pair: source, oracle, the best method significantly better than source (or none), and what the
+    label-free default rule picked (``selected``: Dice, its mark against source, the methods it picked per seed)."""
     data = _v2(root)
     if not data:
         return "No v2 results yet.\n"
-    lines = ["| pair | source | oracle | best adaptation (significantly better than source) | seeds | methods run |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| pair | source | oracle | best adaptation (significantly better than source) | label-free pick "
+             "(`selected`) | seeds | methods run |", "|---|---|---|---|---|---|---|"]
     for pair, (df, pi) in data.items():
         def ms(m):
             g = df[df.method == m]
             return "—" if g.empty else mean_std(g.dice)
         better = [(df[df.method == m].dice.mean(), m) for m in df.method.unique()
-                  if m not in ("source", "oracle", *CONTROLS) and paired_test(pi, m)["mark"] == "+"]
+                  if m not in ("source", "oracle", *CONTROLS, *PICKS) and paired_test(pi, m)["mark"] == "+"]
         best = max(better) if better else None
         cell = "none" if best is None else f"{best[1]}: {ms(best[1])}"
-        ran = [m for m in df.method.unique() if m not in ("source", "oracle", *CONTROLS)]
-        lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {df.seed.nunique()} | "
+        sel = df[df.method == "selected"]
+        if sel.empty:
+            pick = "not run"
+        else:
+            picked = ", ".join(str(m) for m in sel.sort_values("seed").get("selected_method", pd.Series(dtype=str)))
+            pick = f"{ms('selected')} {paired_test(pi, 'selected')['mark']} ({picked})"
+        ran = [m for m in df.method.unique() if m not in ("source", "oracle", *CONTROLS, *PICKS)]
+        lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {pick} | {df.seed.nunique()} | "
                      f"{', '.join(ran) or 'none'} |")
     return "\n".join(lines) + "\n"
 

@@ -102,6 +102,7 @@ PLUGINS = (
     "monai_uda.benchmarks.methods_buda",
     "monai_uda.benchmarks.methods_s2d",
     "monai_uda.benchmarks.methods_past",
+    "monai_uda.benchmarks.methods_selected",
 )
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 __all__ = ["SOURCE", "SKIP_METHODS", "METHOD_CHECKPOINTS", "CandidateError", "CandidateSet", "load_weights",
-           "bench_candidates", "checkpoint_candidates", "as_uda", "target_images", "source_statistics",
+           "bench_candidates", "seed_candidates", "checkpoint_candidates", "as_uda", "target_images", "source_statistics",
            "default_inferer"]
 
 #: the name of the reference candidate (the source-only model)
@@ -184,7 +184,20 @@ def bench_candidates(bench: str | os.PathLike, network_factory: Callable[[], tor
                              f"its methods: {', '.join(listed)}")
         listed = [m for m in listed if m in methods]
     names = [SOURCE] + [m for m in listed if m != SOURCE]
-    folder = os.path.join(bench, f"seed{seed}")
+    found = seed_candidates(os.path.join(bench, f"seed{seed}"), names, network_factory)
+    others = f" of {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+    found.description = f"benchmark {bench}, seed {seed}{others}"
+    return found
+
+
+def seed_candidates(folder: str | os.PathLike, names: Sequence[str],
+                    network_factory: Callable[[], torch.nn.Module]) -> CandidateSet:
+    """The models of ``names`` (methods, the source model first) in one seed's folder ``<bench>/seed<k>``.
+
+    A method in :data:`SKIP_METHODS`, without a checkpoint, or whose checkpoint does not fit the network is
+    skipped with its reason; a missing or unloadable source model raises (one line naming the file).
+    """
+    folder = os.fspath(folder)
     networks: dict[str, torch.nn.Module] = {}
     checkpoints: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -207,8 +220,7 @@ def bench_candidates(bench: str | os.PathLike, network_factory: Callable[[], tor
             skipped[name] = _one_line(e)
             continue
         checkpoints[name] = path
-    others = f" of {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
-    return CandidateSet(networks, checkpoints, skipped, SOURCE, f"benchmark {bench}, seed {seed}{others}")
+    return CandidateSet(networks, checkpoints, skipped, SOURCE, f"{folder}")
 
 
 def _short_names(paths: Sequence[str], reserved: Sequence[str] = ()) -> list[str]:

@@ -1,0 +1,32 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import protocol_tables  # noqa: E402
+
+
+def test_v2_summary_shows_the_label_free_pick_beside_the_best_method(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.5, size=(3, 8))
+    shift = {"source": 0.0, "oracle": 0.4, "bn": 0.1, "st": -0.1}
+    rows, res = [], []
+    for m, d in shift.items():
+        for s in range(3):
+            rows += [{"method": m, "seed": s, "name": f"i{i}", "dice": base[s, i] + d} for i in range(8)]
+            res.append({"method": m, "seed": s, "dice": float(np.mean(base[s] + d))})
+    picks = ["bn", "source", "bn"]  # what the rule chose per seed: its rows are those models' rows
+    for s, m in enumerate(picks):
+        rows += [{**r, "method": "selected"} for r in rows if r["method"] == m and r["seed"] == s]
+        res.append({"method": "selected", "seed": s, "dice": float(np.mean(base[s] + shift[m])), "selected_method": m})
+    d = tmp_path / "v2" / "A1"
+    d.mkdir(parents=True)
+    pd.DataFrame(res).to_csv(d / "results.csv", index=False)
+    pd.DataFrame(rows).to_csv(d / "per_image.csv", index=False)
+    line = next(x for x in protocol_tables.v2_summary(tmp_path).splitlines() if x.startswith("| A1 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3].startswith("bn: ")  # the best method, never the pick itself
+    assert cells[4].endswith("+ (bn, source, bn)")  # the pick: better than source, and which model per seed
+    assert "selected" not in cells[6] and "st" in cells[6]
