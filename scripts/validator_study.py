@@ -1,0 +1,124 @@
+"""How well the label-free validators track the true target Dice (docs/selection.md, "Measured").
+
+For each pair with selection tables (``monai-uda select --bench results/v2/<pair> --seed <k> --out
+results/selection/<pair>/seed<k>``, copied to ``docs/benchmarks/selection/<pair>/seed<k>/selection.csv``) and v2
+rows (``docs/benchmarks/v2/<pair>/results.csv``: the true target-test Dice of every (method, seed)):
+
+- per validator, the Spearman rank correlation between its score and the true Dice over all (method, seed)
+  candidates of the pair (the validators are computed on the same target_training images for every seed);
+- for the default rule and the baselines (always source, always ``bn``, a random candidate (expected value),
+  the oracle choice), per pair: the mean over seeds of the regret (best candidate's true Dice minus the chosen
+  one's) and how often the choice was worse than source by more than 2 Dice points.
+
+    python scripts/validator_study.py                 # print the tables
+    python scripts/validator_study.py --write         # and put them into docs/selection.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "benchmarks"
+PAIRS = ("A1", "B2", "C1", "D1")
+NOT_VALIDATORS = ("inference_seconds", "validator_seconds", "rule_score", "chosen", "checkpoint")
+
+
+def load(root: Path = DOCS) -> dict[str, pd.DataFrame]:
+    """``{pair: one row per (seed, candidate)}`` with the validator scores, ``rule_score``, ``chosen`` and ``dice``."""
+    out = {}
+    for pair in PAIRS:
+        files = sorted((root / "selection" / pair).glob("seed*/selection.csv"))
+        res = root / "v2" / pair / "results.csv"
+        if not files or not res.is_file():
+            continue
+        dice = pd.read_csv(res).groupby(["method", "seed"]).dice.mean()
+        rows = []
+        for f in files:
+            seed = int(re.sub(r"\D", "", f.parent.name))
+            t = pd.read_csv(f).assign(seed=seed)
+            t["dice"] = [dice.get((c, seed), np.nan) for c in t.candidate]
+            rows.append(t)
+        out[pair] = pd.concat(rows, ignore_index=True)
+    return out
+
+
+def correlation_table(data: dict[str, pd.DataFrame]) -> str:
+    validators = sorted({c for df in data.values() for c in df.columns
+                         if c not in (*NOT_VALIDATORS, "candidate", "seed", "dice") and
+                         pd.api.types.is_numeric_dtype(df[c])})
+    lines = ["| validator | " + " | ".join(data) + " |", "|---|" + "---|" * len(data)]
+    for v in validators + ["rule_score"]:
+        cells = []
+        for df in data.values():
+            d = df[[v, "dice"]].replace([np.inf, -np.inf], np.nan).dropna() if v in df else pd.DataFrame()
+            if len(d) < 3:
+                cells.append("—")
+                continue
+            rho, p = spearmanr(d[v], d.dice)
+            cells.append(f"{rho:+.2f} (p {p:.3f}, n {len(d)})")
+        name = "default rule (mean rank)" if v == "rule_score" else f"`{v}`"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def regret_table(data: dict[str, pd.DataFrame]) -> str:
+    lines = ["| pair | seeds | default rule: picks | regret | below source − 2 pts | always source | always `bn` | "
+             "random (expected) | oracle choice |", "|---|---|---|---|---|---|---|---|---|"]
+    means = {k: [] for k in ("rule", "source", "bn", "random", "oracle")}
+    for pair, df in data.items():
+        per = {k: [] for k in means}
+        worse, picks = 0, []
+        for _, g in df.dropna(subset=["dice"]).groupby("seed"):
+            best, src = g.dice.max(), g.loc[g.candidate == "source", "dice"].iloc[0]
+            chosen = g[g.chosen.astype(bool)] if "chosen" in g else g.iloc[:0]
+            pick = chosen.iloc[0] if len(chosen) else g.loc[g.rule_score.idxmax()]
+            picks.append(str(pick.candidate))
+            per["rule"].append(best - pick.dice)
+            worse += int(pick.dice < src - 0.02)
+            per["source"].append(best - src)
+            bn = g.loc[g.candidate == "bn", "dice"]
+            per["bn"].append(best - bn.iloc[0] if len(bn) else np.nan)
+            per["random"].append(best - g.dice.mean())
+            per["oracle"].append(0.0)
+        cell = {k: float(np.nanmean(v)) for k, v in per.items()}
+        for k, v in cell.items():
+            means[k].append(v)
+        lines.append(f"| {pair} | {df.seed.nunique()} | {', '.join(picks)} | {100 * cell['rule']:.1f} | {worse} | "
+                     f"{100 * cell['source']:.1f} | {100 * cell['bn']:.1f} | {100 * cell['random']:.1f} | 0.0 |")
+    if data:
+        m = {k: 100 * float(np.nanmean(v)) for k, v in means.items()}
+        lines.append(f"| mean | | | {m['rule']:.1f} | | {m['source']:.1f} | {m['bn']:.1f} | {m['random']:.1f} | 0.0 |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--write", action="store_true", help="update docs/selection.md between its markers")
+    a = p.parse_args()
+    data = load()
+    if not data:
+        sys.exit("no selection tables under docs/benchmarks/selection/<pair>/seed<k>/ (run monai-uda select first)")
+    blocks = {"validator-correlation": correlation_table(data), "selection-regret": regret_table(data)}
+    for name, text in blocks.items():
+        print(text)
+    if a.write:
+        doc = REPO / "docs" / "selection.md"
+        s = doc.read_text()
+        for name, text in blocks.items():
+            start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+            if start not in s:
+                s += f"\n{start}\n{end}\n"
+            s = s[:s.index(start) + len(start)] + "\n" + text + s[s.index(end):]
+        doc.write_text(s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import validator_study  # noqa: E402
+
+
+def _write(root: Path, seed: int, scores: dict, chosen: str) -> None:
+    d = root / "selection" / "A1" / f"seed{seed}"
+    d.mkdir(parents=True)
+    pd.DataFrame([{"candidate": c, "im": v, "mixval": -v, "rule_score": v, "chosen": c == chosen}
+                  for c, v in scores.items()]).to_csv(d / "selection.csv", index=False)
+
+
+def test_correlation_and_regret_against_the_true_dice(tmp_path):
+    true = {"source": 0.50, "bn": 0.60, "st": 0.40, "selftrain": 0.70}
+    v2 = tmp_path / "v2" / "A1"
+    v2.mkdir(parents=True)
+    pd.DataFrame([{"method": m, "seed": s, "dice": d + 0.01 * s} for m, d in true.items() for s in (0, 1)]).to_csv(
+        v2 / "results.csv", index=False)
+    _write(tmp_path, 0, {m: d for m, d in true.items()}, chosen="selftrain")  # im ranks exactly like the truth
+    _write(tmp_path, 1, {m: d + 0.01 for m, d in true.items()}, chosen="st")  # a bad pick: 10 points below source
+    data = validator_study.load(tmp_path)
+    corr = validator_study.correlation_table(data)
+    assert "| `im` | +1.00" in corr and "| `mixval` | -1.00" in corr
+    row = next(x for x in validator_study.regret_table(data).splitlines() if x.startswith("| A1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "selftrain, st"
+    assert cells[3] == "15.0"  # (0 + 30) / 2 points
+    assert cells[4] == "1"  # seed 1's pick is more than 2 points below source
+    assert cells[5] == "20.0" and cells[6] == "10.0"  # always source, always bn
