@@ -1,0 +1,343 @@
+"""Fidelity to the papers: each method's source / method / oracle on its nearest pair, beside the paper's figure.
+
+    python scripts/fidelity_tables.py            # print the page
+    python scripts/fidelity_tables.py --write    # write docs/benchmarks/fidelity.md
+
+For every method of :data:`PAPERS` and every pair it is compared on, :func:`method_section` reads the protocol-v2
+results (``docs/benchmarks/v2/<pair>/results.csv`` and ``per_image.csv``, written by
+``scripts/full_benchmarks.sh``) and gives target-test Dice of source, the method and oracle (mean ± population std
+over the seeds run, their number in brackets), the paired two-sided Wilcoxon test of the method against source on
+per-image Dice over (seed, image) (:func:`monai_uda.evaluation.significance.paired_test`, level 0.05), and the
+paper's own figure. Where the paper measured with another metric that the benchmark also records (IoU, surface
+Dice), a second row gives that metric with its own test. One sentence per (method, pair) says whether the paper's
+claim is reproduced: ``+`` -> reproduced, ``=`` / ``-`` -> not reproduced, no rows -> not run yet under protocol
+v2. :data:`REASONS` holds the measured reason where a claim is not reproduced (free text, empty until measured);
+:data:`PAPERS` also lists the paper's comparisons between two methods (e.g. BUDA-Seg against MC dropout), tested
+the same way.
+
+Only the numbers in the CSVs are printed; edit this script, not the generated page, and rerun it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from monai_uda.evaluation.significance import paired_test
+
+ROOT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+PAGE = ROOT / "fidelity.md"
+
+#: the benchmark's names of the metrics a paper may use (results.csv / per_image.csv columns)
+METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "surface_dice": "surface Dice"}
+
+#: Per method family: the paper (authors, title, and the year only where the paper's text states one), the pairs
+#: of the benchmark nearest to the paper's data (the issue's choice), the paper's metric as the benchmark records
+#: it (None: the paper's metric is Dice, or one the benchmark does not record), the paper's headline figure (with
+#: its location), and per benchmark method: the paper's name for it, the paper's figure for it (short) and the
+#: paper's claim against source-only ("+" better, "-" worse, None: no such figure in the paper, then no verdict).
+#: ``versus``: comparisons between two methods, (method, baseline, paper's figure, paper's claim: "+" the paper has
+#: the method better, None: not a comparison of the paper).
+PAPERS: dict[str, dict] = {
+    "bn": {
+        "title": "BatchNorm re-estimation",
+        "paper": 'Stenger, Vedrenne, Schultz, Faisan, Baudrier and Naegel, "Fast and interpretable unsupervised '
+                 'domain adaptation for FIB-SEM cell segmentation" (no year in the paper\'s text)',
+        "pairs": ["A1"],
+        "metric": "iou",
+        "figure": "Table 1 (Section 4.2), IoU of mitochondria segmentation on HeLa FIB-SEM stacks (60 test slices "
+                  "per stack, one run, no spread or test): FS1 → FS2 (chemical → cryo fixation): U-Net (source "
+                  "trained) 0.556, BatchNorm (ours) 0.736, U-Net (target trained) 0.881; FS2 → FS1: 0.006, 0.024, "
+                  "0.803. The paper: \"adaptation is performing well in one direction while not working at all in "
+                  "the other one\". The paper reports IoU only (no Dice).",
+        "methods": {
+            "bn": ("BatchNorm (Algorithm 1)", "IoU 0.556 → 0.736, target-trained 0.881 (FS1 → FS2); "
+                   "0.006 → 0.024, 0.803 (FS2 → FS1)", "+"),
+            "bn_reset": ("exact target statistics (the toolkit's variant)", "not in the paper", None),
+            "bn_source": ("control: the same re-estimation on source images", "not in the paper", None),
+        },
+        "versus": [("bn", "bn_source", "not in the paper: the toolkit's control (does the gain need the target "
+                    "images?)", None)],
+    },
+    "early": {
+        "title": "Self-training of early features",
+        "paper": 'Sheikh and Schultz, "Unsupervised domain adaptation for medical image segmentation via '
+                 'self-training of early features", MIDL 2022 (under review, as the paper\'s text states)',
+        "pairs": ["D1", "demo"],
+        "metric": "surface_dice",
+        "figure": "Table 1 (Section 3.1.1), surface Dice on Calgary-Campinas brain MRI, source GE 3T (40 "
+                  "subjects), 10 test subjects per target scanner, base model → ours (refine L1): GE 1.5T 0.555 → "
+                  "0.759, Philips 1.5T 0.750 → 0.846, Philips 3T 0.658 → 0.858, Siemens 1.5T 0.705 → 0.825, "
+                  "Siemens 3T 0.887 → 0.887; ST 0.530 / 0.725 / 0.662 / 0.693 / 0.892 and CBST 0.553 / 0.776 / "
+                  "0.690 / 0.750 / 0.884 (Zou et al.). \"Our approach significantly improves upon the base model\" "
+                  "(no test reported). Table 4 (Section 3.2), volumetric Dice on M&Ms cardiac MRI, source Philips: "
+                  "Siemens 0.619 → 0.686, GE 0.434 → 0.676, Canon 0.655 → 0.706. No target-trained (oracle) "
+                  "figure in the paper.",
+        "methods": {
+            "early": ("refine L1 (ours)", "surface Dice 0.555-0.887 → 0.759-0.887 (Table 1); Dice 0.434-0.655 → "
+                      "0.676-0.706 (Table 4)", "+"),
+            "st": ("ST (Zou et al.)", "surface Dice 0.530-0.892 (Table 1), below base on 3 of 5 targets", None),
+            "cbst": ("CBST (Zou et al.)", "surface Dice 0.553-0.884 (Table 1), above base on 3 of 5 targets", None),
+        },
+        "versus": [("early", "st", "Table 1: ours above ST on 4 of 5 targets (all but Siemens 3T), Table 4 on all 3", "+"),
+                   ("early", "cbst", "Table 1: ours above CBST on all 5 targets, Table 4 on all 3", "+")],
+    },
+    "buda": {
+        "title": "BUDA-Seg",
+        "paper": 'Li, Toussaint, Evans and Liu, "Unsupervised domain adaptation for cerebellum segmentation" '
+                 "(BUDA-Seg; no year in the paper's text)",
+        "pairs": ["A1", "B2"],
+        "metric": "iou",
+        "figure": "Table 1 (Section 5.1), Allen Brain → BigBrain cerebellum layers, mean Dice loss ↓ and mean IoU ↑ "
+                  "(%, mean ± std): BUDA-Seg 55.7 ± 0.7 / 73.22 ± 1.0; Wu et al. (MC dropout) 56.8 ± 1.1 / 70.54 ± "
+                  "1.6; Yang et al. (FDA) 57.9 ± 1.3 / 67.42 ± 1.9; Zou et al. (CBST) 60.7 ± 1.5 / 67.1 ± 1.9 (and "
+                  "Hoffman, Chung, Kamnitsas et al.). Abstract: \"over 2% loss reduction and over 3.7% "
+                  "intersection-over-union (IoU) improvement compared to other approaches\" (73.22 vs 70.54: +2.68 "
+                  "points, 3.8 % relative). No source-only and no target-trained (oracle) figure in the paper. "
+                  "Fig. 5 (Section 5.2, the ablation \"without uncertainty learning\"): boxplots of Dice loss per "
+                  "self-training iteration, lower with the variance map, no numbers given.",
+        "methods": {
+            "buda": ("BUDA-Seg", "IoU 73.22 ± 1.0 %, Dice loss 55.7 ± 0.7 % (no source-only figure)", "+"),
+            "selftrain": ("without uncertainty learning (Fig. 5)", "Dice loss higher than BUDA-Seg (Fig. 5, no "
+                          "numbers)", None),
+            "mcdropout": ("Wu et al. (MC dropout)", "IoU 70.54 ± 1.6 %, Dice loss 56.8 ± 1.1 %", None),
+            "cbst": ("Zou et al. (CBST)", "IoU 67.1 ± 1.9 %, Dice loss 60.7 ± 1.5 %", None),
+        },
+        "versus": [("buda", "mcdropout", "Table 1: IoU 73.22 vs 70.54 %, Dice loss 55.7 vs 56.8 %", "+"),
+                   ("buda", "selftrain", "Fig. 5: lower Dice loss at every iteration (no numbers)", "+"),
+                   ("buda", "cbst", "Table 1: IoU 73.22 vs 67.1 %, Dice loss 55.7 vs 60.7 %", "+")],
+    },
+    "shallow2deep": {
+        "title": "Shallow-to-deep",
+        "paper": 'Matskevych, Wolny, Pape and Kreshuk, "From shallow to deep: exploiting feature-based classifiers '
+                 'for domain adaptation in semantic segmentation" (no year in the paper\'s text)',
+        "pairs": ["A1"],
+        "metric": None,  # F1 of a binary mask is its Dice
+        "figure": "Table 2 (Section 3.2), F1 (= Dice for binary masks) of mitochondria segmentation, source EPFL "
+                  "(FIB-SEM), the VNC column (A1's own pair): Source Net 0.695, Y-Net 0.713, RF (ilastik, "
+                  "interactive brushstrokes) 0.647, PE (Prediction Enhancer) 0.840, Pseudo-label Net 0.884, Target "
+                  "Net (upper bound) 0.891 (single figures, no spread or test). Table 7 (Section 3.5), VNC: "
+                  "pseudo-labels 0.869, + CL 0.877, + LR 0.869, + CL + LR 0.884.",
+        "methods": {
+            "rf": ("RF (interactive, here simulated scribbles)", "F1 0.647 vs Source Net 0.695 (below source)", "-"),
+            "enhancer": ("PE", "F1 0.840 vs Source Net 0.695, Target Net 0.891", "+"),
+            "s2d": ("Pseudo-label Net (+ CL + LR)", "F1 0.884 vs Source Net 0.695, Target Net 0.891", "+"),
+            "s2d_noteacher": ("pseudo-labels + LR (Table 7)", "F1 0.869", "+"),
+            "s2d_norect": ("pseudo-labels + CL (Table 7)", "F1 0.877", "+"),
+        },
+        "versus": [("enhancer", "rf", "Table 2: F1 0.840 vs 0.647", "+"),
+                   ("s2d", "enhancer", "Table 2: F1 0.884 vs 0.840", "+")],
+    },
+    "past": {
+        "title": "PAST",
+        "paper": 'Dong, Yu, Zhao, Dong and Zhang, "Unsupervised domain adaptation in semantic segmentation based on '
+                 'pixel alignment and self-training (PAST)" (no year in the paper\'s text)',
+        "pairs": ["D1"],
+        "metric": None,
+        "figure": "Table 1 (Section 3), CrossMoDA validation set, ceT1 → hrT2 MRI, Dice (mean ± std over cases), "
+                  "VS / cochlea / mean: nnUnet without DA 0.0549 / 0.1905 / 0.1227 ± 0.1192; nnUnetCon (pixel "
+                  "alignment only) 0.8281 / 0.7949 / 0.8115; nnUnetST2 (+ self-training) 0.8321 mean; PAST 0.8700 / "
+                  "0.8089 / 0.8395 ± 0.0328. Abstract: \"PAST has outperformed the non-UDA baseline significantly\" "
+                  "(no test reported). No target-trained (oracle) figure in the paper; `fda` and `histmatch` are the "
+                  "toolkit's baselines, not the paper's.",
+        "methods": {
+            "past": ("PAST", "mean Dice 0.1227 → 0.8395 (no oracle figure)", "+"),
+            "fda": ("Fourier domain adaptation (toolkit's baseline)", "not in the paper", None),
+            "histmatch": ("histogram matching (toolkit's baseline)", "not in the paper", None),
+        },
+        "versus": [],
+    },
+}
+
+#: The measured reason a paper's claim is not reproduced on a pair, (method, pair) -> free text (markdown).
+#: Empty until measured; the page then says so.
+REASONS: dict[tuple[str, str], str] = {
+    (m, pair): "" for e in PAPERS.values() for pair in e["pairs"] for m, (_, _, claim) in e["methods"].items() if claim
+}
+
+#: the verdict of a (method, pair) without rows
+NOT_RUN = "not run yet under protocol v2"
+
+
+def mean_std(v: pd.Series) -> str:
+    """``mean ± std`` (population std) with three decimals, as ``scripts/budget_checks.py: mean_std``."""
+    return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
+
+
+def load(root: Path, pair: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """``(results, per_image)`` of ``<root>/v2/<pair>/``, or None when either file is missing."""
+    d = Path(root) / "v2" / pair
+    rp, ip = d / "results.csv", d / "per_image.csv"
+    if not (rp.is_file() and ip.is_file()):
+        return None
+    return pd.read_csv(rp), pd.read_csv(ip)
+
+
+def _p(p: float) -> str:
+    return "p n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p {p:.3f}")
+
+
+def describe(t: dict, metric: str = "dice") -> str:
+    """``+0.069 Dice, p < 0.001, 30 pairs`` of a :func:`paired_test` result."""
+    name = METRIC_NAMES.get(metric, metric)
+    if t["n"] == 0:
+        return "no paired images"
+    return f"{t['mean_diff']:+.3f} {name}, {_p(t['p'])}, {t['n']} pairs"
+
+
+def _cell(df: pd.DataFrame, method: str, metric: str) -> str:
+    g = df[df.method == method]
+    if g.empty or metric not in g or g[metric].isna().all():
+        return "—"
+    v = g[metric].dropna()
+    return f"{mean_std(v)} ({len(v)})"
+
+
+def _ran(data, method: str) -> bool:
+    return data is not None and not data[0][data[0].method == method].empty
+
+
+def verdict(data, method: str, claim: str | None, reason: str = "", metric: str | None = None) -> str:
+    """One sentence on ``method`` against source on a pair (``data`` = :func:`load`'s result): from the paired
+    test on Dice (and, where given, on the paper's ``metric``), read against the paper's ``claim``."""
+    if not (_ran(data, method) and _ran(data, "source")):
+        return NOT_RUN + "."
+    per_image = data[1]
+    t = paired_test(per_image, method)
+    detail = describe(t)
+    if claim == "+":
+        text = {"+": f"reproduced: beats source significantly ({detail})",
+                "=": f"not reproduced: no significant difference from source ({detail})",
+                "-": f"not reproduced: significantly worse than source ({detail})",
+                "?": f"no decision: fewer than 5 paired images ({detail})"}[t["mark"]]
+    elif claim == "-":
+        text = {"-": f"reproduced: significantly worse than source, as in the paper ({detail})",
+                "=": f"not reproduced: no significant difference from source, the paper has it below ({detail})",
+                "+": f"not reproduced: significantly better than source, the paper has it below ({detail})",
+                "?": f"no decision: fewer than 5 paired images ({detail})"}[t["mark"]]
+    else:
+        text = {"+": "significantly better than source", "-": "significantly worse than source",
+                "=": "no significant difference from source", "?": "no decision (fewer than 5 paired images)"}[
+            t["mark"]] + f" ({detail}; no such figure in the paper)"
+    if metric and metric != "dice" and metric in per_image:
+        tm = paired_test(per_image, method, metric=metric)
+        word = {"+": "better", "-": "worse", "=": "no significant difference", "?": "no decision"}[tm["mark"]]
+        text += f"; on {METRIC_NAMES[metric]}, the paper's metric: {word} ({describe(tm, metric)})"
+    reproduced = text.startswith("reproduced")
+    if claim and not reproduced and not text.startswith("no decision"):
+        text += f". Measured reason: {reason}" if reason else ". Measured reason: not measured yet"
+    return text if text.endswith(".") else text + "."
+
+
+def method_table(entry: dict, root: Path = ROOT) -> str:
+    """Per pair and method: source | method | oracle (mean ± std over seeds (seeds)) | paired test | paper."""
+    metrics = ["dice"] + ([entry["metric"]] if entry.get("metric") else [])
+    lines = ["| pair | method | metric | source | this method | oracle | vs source (paired Wilcoxon, per image) | "
+             "paper's figure |", "|---|---|---|---|---|---|---|---|"]
+    for pair in entry["pairs"]:
+        data = load(root, pair)
+        for m, (name, fig, _) in entry["methods"].items():
+            for i, metric in enumerate(metrics):
+                if data is None:
+                    cells = ["—"] * 3 + [NOT_RUN]
+                else:
+                    df, pi = data
+                    cells = [_cell(df, "source", metric), _cell(df, m, metric), _cell(df, "oracle", metric)]
+                    if not (_ran(data, m) and _ran(data, "source")):
+                        cells.append(NOT_RUN)
+                    else:
+                        t = paired_test(pi, m, metric=metric) if metric in pi else None
+                        cells.append("—" if t is None else f"{t['mark']} ({describe(t, metric)})")
+                label = f"`{m}`: {name}" if i == 0 else ""
+                lines.append(f"| {pair if i == 0 else ''} | {label} | {METRIC_NAMES[metric]} | " + " | ".join(cells)
+                             + f" | {fig if i == 0 else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdicts(entry: dict, root: Path = ROOT, reasons: dict | None = None) -> str:
+    """A bullet per (pair, method) of the entry: the verdict sentence."""
+    reasons = REASONS if reasons is None else reasons
+    out = []
+    for pair in entry["pairs"]:
+        data = load(root, pair)
+        for m, (_, _, claim) in entry["methods"].items():
+            s = verdict(data, m, claim, reasons.get((m, pair), ""), entry.get("metric"))
+            out.append(f"- **{pair}, `{m}`**: {s}")
+    return "\n".join(out) + "\n"
+
+
+def versus_table(entry: dict, root: Path = ROOT) -> str:
+    """The comparisons between two methods of ``entry["versus"]``, with the paired test on Dice on each pair."""
+    if not entry.get("versus"):
+        return ""
+    lines = ["| pair | comparison | paper's figure | measured: method − baseline (paired Wilcoxon, Dice) |",
+             "|---|---|---|---|"]
+    for pair in entry["pairs"]:
+        data = load(root, pair)
+        for m, base, fig, claim in entry["versus"]:
+            if not (_ran(data, m) and _ran(data, base)):
+                cell = NOT_RUN
+            else:
+                t = paired_test(data[1], m, baseline=base)
+                word = {"+": "better", "-": "worse", "=": "no significant difference", "?": "no decision"}[t["mark"]]
+                if claim and t["mark"] in "+-=":
+                    word += ", as in the paper" if t["mark"] == claim else ", unlike the paper"
+                cell = f"{t['mark']} {word} ({describe(t)})"
+            lines.append(f"| {pair} | `{m}` vs `{base}` | {fig} | {cell} |")
+    return "\n".join(lines) + "\n"
+
+
+def method_section(key: str, root: Path = ROOT, reasons: dict | None = None) -> str:
+    e = PAPERS[key]
+    parts = [f"## {e['title']}\n", f"Paper: {e['paper']}.\n", f"Paper's figure: {e['figure']}\n",
+             f"Pairs: {', '.join(e['pairs'])}.\n", method_table(e, root), "Verdict (on Dice, the protocol's metric):\n",
+             verdicts(e, root, reasons)]
+    vs = versus_table(e, root)
+    if vs:
+        parts += ["Comparisons between methods (the paper's, and the toolkit's controls):\n", vs]
+    return "\n".join(parts)
+
+
+HEADER = """# Fidelity to the papers
+
+For each of the five methods, its target-test result under protocol v2 ([protocol.md](protocol.md),
+results in [v2/](v2/README.md)) on the pairs nearest to the paper's data, beside the paper's own figure, and one
+sentence per pair: reproduced (the method beats source significantly, as in the paper) or not, with the measured
+reason when not. Source, method and oracle: mean ± population std over the seeds run (their number in brackets);
+vs source: the paired two-sided Wilcoxon signed-rank test on per-image scores over (seed, image) at level 0.05
+(`+` better, `-` worse, `=` no significant difference, `?` fewer than 5 pairs), mean difference and p. Where the
+paper used IoU or surface Dice, a second row gives that metric. The papers' datasets differ from the benchmark
+pairs (and their figures are mostly single runs without a test), so the comparison is of direction and size, not
+of equal numbers. A pair without rows reads "not run yet under protocol v2": the benchmark queue is still
+filling `v2/` (the demo pair has no v2 folder; its one-seed table is [demo/results.md](demo/results.md)).
+Generated from the CSVs by
+
+```bash
+python scripts/fidelity_tables.py --write
+```
+"""
+
+
+def page(root: Path = ROOT, reasons: dict | None = None) -> str:
+    return HEADER + "\n" + "\n".join(method_section(k, root, reasons) for k in PAPERS)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--write", action="store_true", help=f"write {PAGE.relative_to(ROOT.parents[1])}")
+    p.add_argument("--root", type=Path, default=ROOT, help="the folder holding v2/<pair>/ (docs/benchmarks)")
+    a = p.parse_args()
+    text = page(a.root)
+    if not a.write:
+        print(text)
+        return
+    out = a.root / "fidelity.md"
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

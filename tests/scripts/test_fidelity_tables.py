@@ -1,0 +1,90 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import fidelity_tables as ft  # noqa: E402
+
+
+def _fake_pair(root: Path, pair: str, shift: dict[str, float], seeds: int = 3, images: int = 8) -> None:
+    """``<root>/v2/<pair>/{results,per_image}.csv``: each method's per-image Dice = a shared base + its shift."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.5, size=(seeds, images))
+    noise = rng.normal(0, 0.01, size=(len(shift), seeds, images))
+    rows, res = [], []
+    for k, (m, d) in enumerate(shift.items()):
+        for s in range(seeds):
+            dice = base[s] + d + (0 if m == "source" else noise[k, s])
+            rows += [{"pair": pair, "method": m, "seed": s, "name": f"i{i}", "dice": dice[i], "iou": dice[i] / 2}
+                     for i in range(images)]
+            res.append({"pair": pair, "method": m, "seed": s, "dice": float(dice.mean()),
+                        "iou": float(dice.mean() / 2)})
+    d = root / "v2" / pair
+    d.mkdir(parents=True)
+    pd.DataFrame(res).to_csv(d / "results.csv", index=False)
+    pd.DataFrame(rows).to_csv(d / "per_image.csv", index=False)
+
+
+def _diff(root: Path, method: str, baseline: str = "source") -> str:
+    """The mean per-image Dice difference, as the page prints it."""
+    pi = pd.read_csv(root / "v2" / "A1" / "per_image.csv")
+    a, b = (pi[pi.method == m].set_index(["seed", "name"]).dice for m in (method, baseline))
+    return f"{(a - b).mean():+.3f} Dice"
+
+
+def _bullet(text: str, pair: str, method: str) -> str:
+    return next(x for x in text.splitlines() if x.startswith(f"- **{pair}, `{method}`**"))
+
+
+def test_verdicts_and_numbers_on_a_fake_pair(tmp_path):
+    # bn clearly better than source; bn_reset no different (noise only); the enhancer clearly worse
+    _fake_pair(tmp_path, "A1", {"source": 0.0, "oracle": 0.4, "bn": 0.1, "bn_reset": 0.0, "enhancer": -0.1,
+                                "rf": -0.1, "s2d": 0.0})
+    bn = ft.verdicts(ft.PAPERS["bn"], tmp_path)
+    want = f"reproduced: beats source significantly ({_diff(tmp_path, 'bn')}, p < 0.001, 24 pairs)"
+    assert want in _bullet(bn, "A1", "bn")
+    assert not _bullet(bn, "A1", "bn").split("**: ")[1].startswith("not")
+    assert "on IoU, the paper's metric: better" in _bullet(bn, "A1", "bn")
+    assert "no significant difference from source" in _bullet(bn, "A1", "bn_reset")
+    assert "no such figure in the paper" in _bullet(bn, "A1", "bn_reset")  # a variant: no claim, no verdict
+    assert "not run yet under protocol v2" in _bullet(bn, "A1", "bn_source")
+
+    s2d = ft.verdicts(ft.PAPERS["shallow2deep"], tmp_path, reasons={("enhancer", "A1"): "the forest is too weak"})
+    want = f"not reproduced: significantly worse than source ({_diff(tmp_path, 'enhancer')}, p < 0.001"
+    assert want in _bullet(s2d, "A1", "enhancer")
+    assert _bullet(s2d, "A1", "enhancer").endswith("Measured reason: the forest is too weak.")
+    assert "not reproduced: no significant difference from source" in _bullet(s2d, "A1", "s2d")
+    assert "Measured reason: not measured yet" in _bullet(s2d, "A1", "s2d")
+    assert "reproduced: significantly worse than source, as in the paper" in _bullet(s2d, "A1", "rf")
+
+    table = ft.method_table(ft.PAPERS["bn"], tmp_path)
+    row = next(x for x in table.splitlines() if x.startswith("| A1 | `bn`: "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    res = pd.read_csv(tmp_path / "v2" / "A1" / "results.csv")
+    assert cells[2] == "Dice"
+    assert cells[3] == ft.mean_std(res[res.method == "source"].dice) + " (3)"
+    assert cells[4] == ft.mean_std(res[res.method == "bn"].dice) + " (3)"
+    assert cells[5] == ft.mean_std(res[res.method == "oracle"].dice) + " (3)"
+    assert cells[6] == f"+ ({_diff(tmp_path, 'bn')}, p < 0.001, 24 pairs)"
+    assert "0.556 → 0.736" in cells[7]  # the paper's figure beside it
+    iou = table.splitlines()[table.splitlines().index(row) + 1]
+    assert "| IoU |" in iou and ft.mean_std(res[res.method == "bn"].iou) in iou
+
+    vs = ft.versus_table(ft.PAPERS["shallow2deep"], tmp_path)
+    assert "`enhancer` vs `rf` | Table 2: F1 0.840 vs 0.647 | = no significant difference, unlike the paper" in vs
+    assert "`s2d` vs `enhancer`" in vs and "+ better, as in the paper" in vs
+
+
+def test_missing_rows_read_not_run_yet(tmp_path):
+    _fake_pair(tmp_path, "A1", {"source": 0.0, "oracle": 0.4, "bn": 0.1})  # A1 without buda; no B2 at all
+    text = ft.method_section("buda", tmp_path)
+    assert "- **A1, `buda`**: not run yet under protocol v2." in text
+    assert "- **B2, `buda`**: not run yet under protocol v2." in text
+    row = next(x for x in text.splitlines() if x.startswith("| A1 | `buda`: "))
+    assert "| — |" in row and row.count("not run yet under protocol v2") == 1
+    assert "| A1 | `buda` vs `mcdropout` |" in text
+    page = ft.page(tmp_path)
+    assert page.startswith("# Fidelity to the papers") and "python scripts/fidelity_tables.py --write" in page
+    assert all(f"## {e['title']}" in page for e in ft.PAPERS.values())
