@@ -1,4 +1,6 @@
-"""Does PAST's CycleGAN translate? Train ``train_translation.json`` with one setting and measure (one thread).
+"""Does PAST's CycleGAN translate? Train ``train_translation.json`` + ``cyclegan.json`` with one setting and measure
+(one thread). The v1 check (docs/benchmarks/past_translator/README.md, first table); scripts/past_translator_v2.py
+measures every translator, the default intensity translator included.
 
 Measures on 12 source and 12 target training images (z-scored as for segmentation): the 1D Wasserstein
 distance between the intensity distributions of the translated source and the target (against the source's own
@@ -49,10 +51,10 @@ if __name__ == "__main__":
     out = os.path.join(root, name)
     ov = dict(datalist=datalist, ckpt_dir=out, output_dir=out, translation_epochs=cfg["epochs"], translation_epoch_length=20,
               translation_batch_size=4, translation_patch_size=[cfg.get("patch", 128)] * 2, lambda_identity=cfg["lid"],
-              **{"cyclegan_def#residual_output": cfg["residual"], "cyclegan_def#g_features": cfg.get("g", 16)},
+              **{"translator_def#residual_output": cfg["residual"], "translator_def#g_features": cfg.get("g", 16)},
               device="$torch.device('cpu')", amp=False, seed=0, progress=False)
     t = time.time()
-    run_bundle("pixel_alignment_segmentation", "train_translation.json", workflow_type=None, **ov)
+    run_bundle("pixel_alignment_segmentation", ["train_translation.json", "cyclegan.json"], workflow_type=None, **ov)
     m = metrics(os.path.join(out, "translation", "cyclegan.pt"), datalist, cfg)
     m.update(name=name, seconds=round(time.time() - t), **cfg)
     print(json.dumps(m))

@@ -51,6 +51,7 @@ def past(ctx: MethodContext) -> MethodOutput:
     translation_seconds = time.time() - t0
     run_bundle(PAST_BUNDLE, ["train_translation.json", "translate.json"], **ov)
     t1 = time.time()
+    ov.setdefault("source_checkpoint", ctx.source_checkpoint())  # S starts from this seed's source model
     run_bundle(PAST_BUNDLE, "train.json", **ov)
     rounds = dict(ov)
     if "max_epochs" in ctx.budget:  # a cut budget (quick/demo) cuts the self-training rounds too

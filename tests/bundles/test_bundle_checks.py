@@ -150,7 +150,8 @@ WORKFLOW_STEPS = {"initialize", "run", "finalize"}
 # the only items in which a bundle's inference.json may differ from source_segmentation's
 INFERENCE_OWN_IDS = {"_desc_", "bundle_root", "checkpoint"}
 # PAST's segmentation training = source_segmentation's train.json fed with the translated source
-PAST_TRAIN_OWN_IDS = {"_desc_", "imports", "bundle_root", "translated_dir", "translated_datalist", "uda"}
+PAST_TRAIN_OWN_IDS = {"_desc_", "imports", "bundle_root", "translated_dir", "translated_datalist", "uda",
+                      "init_from_source", "source_checkpoint", "source_dir", "source_overrides", "initialize"}
 
 
 def _raw(bundle, name):

@@ -46,7 +46,8 @@ def test_translation_and_translated_datalist(past_run, tiny_demo_2d):
     trainer = past_run["gan"].parser.get_parsed_content("translation#trainer")
     assert trainer.state.iteration == 2
     ckpt = torch.load(tmp / "models" / "translation" / "cyclegan.pt", weights_only=True)
-    assert "g_st.net.0.conv.weight" in ckpt.get("cyclegan", ckpt)
+    state = ckpt.get("cyclegan", ckpt)  # the default translator: an IntensityTranslator that records its architecture
+    assert "g_st.mapping.values" in state and state["_extra_state"]["class"] == "IntensityTranslator"
     dl = json.load(open(tmp / "models" / "translated" / "datalist.json"))
     orig = json.load(open(tiny_demo_2d))
     assert len(dl["source_training"]) == LIMIT
@@ -66,6 +67,44 @@ def test_segmentation_on_translated_source(past_run):
     data = wf.parser.get_parsed_content("train#dataset").data
     assert all("/translated/source_training/" in d["image"] for d in data)
     assert os.path.isfile(past_run["tmp"] / "models" / "model.pt")
+
+
+def test_step4_pairs_translated_source_images_with_their_real_labels(past_run, tiny_demo_2d):
+    """Algorithm 1, line 4: S is trained on (X^_s, y_s): every translated image with the real label of its source image."""
+    wf = past_run["train"]
+    data = wf.parser.get_parsed_content("train#dataset").data
+    orig = json.load(open(tiny_demo_2d))["source_training"][:LIMIT]
+    base = os.path.dirname(tiny_demo_2d)
+    assert len(data) == LIMIT
+    for d, o in zip(data, orig):
+        assert os.path.basename(d["image"]).endswith(os.path.basename(o["image"]))  # NNNNN_<source image name>
+        assert d["label"] == os.path.join(base, o["label"])
+        real = nib.load(os.path.join(base, o["label"])).get_fdata()
+        assert np.array_equal(nib.load(d["label"]).get_fdata(), real) and real.any()
+        assert nib.load(d["image"]).shape == real.shape
+
+
+def _initialised_network(tmp, datalist, **kw):
+    """train.json's network after the config's initialize steps only (no training)."""
+    from monai.bundle import ConfigWorkflow
+
+    d = bundle_dir(BUNDLE) / "configs"
+    wf = ConfigWorkflow(config_file=str(d / "train.json"), meta_file=str(d / "metadata.json"), workflow_type="train",
+                        logging_file=False, **_ov(tmp, datalist, **TINY, data_limit=LIMIT, **kw))
+    wf.initialize()
+    return wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("source_dir")
+
+
+def test_first_segmenter_starts_from_the_source_model(past_run, tiny_demo_2d):
+    """Default (init_from_source): before any training step the segmenter holds the source model's weights (the one
+    train.json trained into <ckpt_dir>/source at the same budget); with init_from_source false, a fresh network."""
+    net, source_dir = _initialised_network(past_run["tmp"], tiny_demo_2d)
+    source = torch.load(os.path.join(source_dir, "model.pt"), weights_only=True)
+    source = source.get("model", source)
+    own = net.state_dict()
+    assert set(own) == set(source) and all(torch.equal(own[k], source[k]) for k in own)
+    scratch, _ = _initialised_network(past_run["tmp"], tiny_demo_2d, init_from_source=False)
+    assert not all(torch.equal(scratch.state_dict()[k], source[k]) for k in source if source[k].is_floating_point())
 
 
 def test_self_training_rounds(past_run):
@@ -160,10 +199,25 @@ def test_roi_option_crops_translated_pair(tmp_path, tiny_demo_2d):
             assert np.allclose(new.affine[:2, 3], old.affine[:2, :2] @ [old.shape[0] // 4, old.shape[1] // 4] + old.affine[:2, 3])
 
 
+def test_cyclegan_layer_trains_and_translates(tmp_path, tiny_demo_2d):
+    """The CycleGAN option (configs/cyclegan.json): no residual output; its checkpoint is translated with the same layer."""
+    ov = _ov(tmp_path, tiny_demo_2d, **TINY_GAN, data_limit=1)
+    wf = run_bundle(BUNDLE, ["train_translation.json", "cyclegan.json"], **ov)
+    gan = wf.parser.get_parsed_content("cyclegan")
+    assert type(gan).__name__ == "CycleGAN" and gan.g_st.residual_output is False
+    assert wf.parser.get_parsed_content("translation#trainer").state.iteration == 2
+    run_bundle(BUNDLE, ["train_translation.json", "cyclegan.json", "translate.json"], **_ov(tmp_path, tiny_demo_2d, data_limit=1))
+    dl = json.load(open(tmp_path / "models" / "translated" / "datalist.json"))
+    assert len(dl["source_training"]) == 1 and os.path.isfile(dl["source_training"][0]["image"])
+    with pytest.raises(Exception, match="holds a CycleGAN"):  # the default layers cannot load it: a one-line error
+        run_bundle(BUNDLE, ["train_translation.json", "translate.json"],
+                   **_ov(tmp_path, tiny_demo_2d, data_limit=1, overwrite=True))
+
+
 def test_metadata_and_files(verify_metadata):
     d = bundle_dir(BUNDLE)
     verify_metadata(BUNDLE)
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/train_translation.json",
-                 "configs/translate.json", "configs/train.json", "configs/self_train.json", "configs/evaluate.json",
-                 "configs/inference.json"):
+                 "configs/cyclegan.json", "configs/multi_gpu_cyclegan.json", "configs/translate.json",
+                 "configs/train.json", "configs/self_train.json", "configs/evaluate.json", "configs/inference.json"):
         assert (d / name).is_file(), name

@@ -341,6 +341,7 @@ def translate_volume(
     nonzero: bool | None = None,
     divisible: int | None = None,
     progress: bool = False,
+    output_stats: tuple[float, float] | None = None,
 ) -> str:
     """Translate an image with a 2D generator, slice by slice for 3D volumes, and write it atomically.
 
@@ -358,12 +359,15 @@ def translate_volume(
         device: where the generator runs.
         sw_batch_size: slices per forward pass.
         normalize: z-score the input before the generator (as MONAI's ``NormalizeIntensity``) and map the
-            output back with the input's mean and std, so the file stays on the input's intensity scale.
+            output from z-units to an intensity scale: ``output_stats`` if given, else the input's own mean and std.
+            Either is an affine map, which the segmentation pipeline's z-score removes again.
         nonzero: z-score over non-zero voxels only (default: True for 3D, False for 2D images and 2D NIfTI,
             as ``monai_uda.transforms.segmentation_transforms``); background
             (zero) voxels then stay zero in the output.
         divisible: slice sizes are padded to a multiple of it (default ``2**generator.n_down``).
         progress: tqdm bar over the slices.
+        output_stats: ``(mean, std)`` of the output scale, e.g. the target images'
+            (:func:`monai_uda.methods.past.past.target_intensity_stats`); None: the input's.
 
     Returns:
         ``nifti_out``.
@@ -375,14 +379,16 @@ def translate_volume(
     k = _divisible(generator, divisible)
     if name.endswith((".nii", ".nii.gz")):
         return _translate_nifti(
-            generator, nifti_in, nifti_out, axis, device, sw_batch_size, normalize, nonzero, k, progress
+            generator, nifti_in, nifti_out, axis, device, sw_batch_size, normalize, nonzero, k, progress, output_stats
         )
     if name.endswith((".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")):
-        return _translate_2d(generator, nifti_in, nifti_out, device, normalize, bool(nonzero), k)
+        return _translate_2d(generator, nifti_in, nifti_out, device, normalize, bool(nonzero), k, output_stats)
     raise ValueError(f"translate_volume: unsupported file type of nifti_in {nifti_in!r} (NIfTI, PNG, TIFF, JPEG).")
 
 
-def _translate_nifti(generator, path_in, path_out, axis, device, sw_batch_size, normalize, nonzero, k, progress) -> str:
+def _translate_nifti(
+    generator, path_in, path_out, axis, device, sw_batch_size, normalize, nonzero, k, progress, output_stats=None
+) -> str:
     import nibabel as nib
 
     img = nib.load(path_in)
@@ -413,6 +419,8 @@ def _translate_nifti(generator, path_in, path_out, axis, device, sw_batch_size, 
     if y.shape != data.shape:
         raise RuntimeError(f"translate_volume: output shape {y.shape} differs from input {data.shape}.")
     if normalize:
+        if output_stats is not None:
+            mean, std = float(output_stats[0]), float(output_stats[1])
         y = y * std + mean
         if nz:
             y = np.where(data != 0, y, 0.0)
@@ -425,7 +433,7 @@ def _translate_nifti(generator, path_in, path_out, axis, device, sw_batch_size, 
     return path_out
 
 
-def _translate_2d(generator, path_in, path_out, device, normalize, nonzero, k) -> str:
+def _translate_2d(generator, path_in, path_out, device, normalize, nonzero, k, output_stats=None) -> str:
     from skimage import io
 
     arr = io.imread(path_in)
@@ -443,6 +451,8 @@ def _translate_2d(generator, path_in, path_out, device, normalize, nonzero, k) -
         t = torch.nn.functional.pad(t, (0, pw, 0, ph), mode="replicate")
     y = generator(t)[0, :, :h, :w].float().cpu().numpy()
     if normalize:
+        if output_stats is not None:
+            mean, std = float(output_stats[0]), float(output_stats[1])
         y = y * std + mean
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)

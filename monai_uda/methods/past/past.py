@@ -1,12 +1,17 @@
 """PAST pipeline pieces that the ``pixel_alignment_segmentation`` bundle configs call (Dong et al., Algorithm 1).
 
 - :func:`translation_dataset` (line 2, data): unpaired 2D slices/patches of the source and target training
-  images (the paper trains its translation network on 2D transverse slices), for
-  :class:`monai_uda.methods.past.cyclegan_trainer.CycleGANTrainer`.
+  images (the paper trains its translation network on 2D transverse slices), for the translator's trainer
+  (:class:`monai_uda.methods.past.intensity_translator.IntensityTranslatorTrainer`, the default, or
+  :class:`monai_uda.methods.past.cyclegan_trainer.CycleGANTrainer`).
+- :func:`load_generator`: the trained translator's source -> target generator, whichever translator the
+  checkpoint holds.
 - :func:`translate_datalist` (line 3): translates the labelled source images with the trained generator
   (:func:`monai_uda.methods.past.cyclegan_trainer.translate_volume`, slice-wise, affine kept, atomic writes) and
-  writes a UDA datalist whose source lists point at the translated images and the *source labels*; the target
-  lists are unchanged. Optional ROI cropping (Sec. 2.2) crops every image and label of the pair the same way.
+  writes a UDA datalist whose source lists point at the translated images and the *real source labels*; the
+  target lists are unchanged. Optional ROI cropping (Sec. 2.2) crops every image and label of the pair the same way.
+- :func:`init_from_source` (line 4): the segmenter trained on ``(X^_s, y_s)`` starts from the source model
+  (``train.json: init_from_source``, a CPU-budget choice; the paper does not say).
 - Lines 5-11, the top-q self-training rounds, are a configuration of the self-training engine
   (:class:`monai_uda.engines.self_training.SelfTraining`, ``self_train.json``): in round ``k`` the previous
   model labels ``X_c = {X^_s; X_t}`` (:func:`self_training_items`) keeping the top ``q_k`` pixels per class
@@ -22,6 +27,7 @@ import logging
 import os
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from monai.data import Dataset
 from monai.transforms import Compose, RandSpatialCropd, SpatialPadd, SqueezeDimd
@@ -32,6 +38,8 @@ from monai_uda.utils import atomic_write
 
 __all__ = [
     "aligned_training_transforms",
+    "init_from_source",
+    "target_intensity_stats",
     "self_training_items",
     "labelled_source_items",
     "crop_roi_file",
@@ -46,18 +54,85 @@ _IMAGE_EXT = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp
 
 
 def load_generator(generator: torch.nn.Module, checkpoint: str, key: str = "cyclegan", attr: str = "g_st") -> torch.nn.Module:
-    """Load a translation checkpoint into ``generator`` (a ``CycleGAN`` or a bare generator).
+    """Load a translation checkpoint into ``generator`` (a ``CycleGAN``, an ``IntensityTranslator`` or a bare generator)
+    and return its ``attr`` (the source -> target generator).
 
-    ``checkpoint`` may hold ``{key: CycleGAN state}`` (the bundle's saver), a ``CycleGAN`` state dict or a
-    generator state dict.
+    ``checkpoint`` may hold ``{key: state}`` (the bundle's saver), a translator's state dict or a generator's.
+    A checkpoint of an :class:`~monai_uda.methods.past.intensity_translator.IntensityTranslator` records its
+    architecture, so it is loaded into a new translator of that architecture (on ``generator``'s device) whatever
+    ``generator`` is: the translate step and the figure work with either translator.
+
+    Raises:
+        FileNotFoundError: no checkpoint.
+        ValueError: a CycleGAN checkpoint given an ``IntensityTranslator`` (translate with the config layers the
+            translator was trained with, e.g. ``configs/cyclegan.json``).
     """
+    from monai_uda.methods.past.intensity_translator import IntensityTranslator
+
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"translation checkpoint {checkpoint!r} not found (run train_translation.json first).")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and key in state and isinstance(state[key], dict):
         state = state[key]
+    spec = state.get("_extra_state") if isinstance(state, dict) else None
+    if isinstance(spec, dict) and spec.get("class") == "IntensityTranslator":
+        if not isinstance(generator, IntensityTranslator) or generator.kwargs != spec.get("kwargs"):
+            ref = next(iter(list(generator.parameters()) + list(generator.buffers())), None)
+            generator = IntensityTranslator(**spec["kwargs"]).to(ref.device if ref is not None else "cpu")
+    elif isinstance(generator, IntensityTranslator):
+        raise ValueError(f"{checkpoint} holds a CycleGAN, not an IntensityTranslator: translate with the configs it "
+                         "was trained with (layer configs/cyclegan.json on train_translation.json and translate.json).")
     generator.load_state_dict(state)
     return getattr(generator, attr, generator)
+
+
+def init_from_source(
+    network: torch.nn.Module,
+    enabled: bool,
+    checkpoint: str | None,
+    source_dir: str,
+    datalist: str,
+    dataset_dir: str | None = None,
+    distributed: bool = False,
+    **source_overrides: Any,
+) -> str | None:
+    """Start the segmenter of Algorithm 1, line 4 (``S`` trained on ``(X^_s, y_s)``) from the source model.
+
+    The paper trains ``S`` on the translated source and does not say from which weights (nnU-Net trains from
+    scratch); starting from the source model is this toolkit's budget choice for the CPU (``train.json``:
+    ``init_from_source``), ``enabled=False`` trains from scratch as before.
+
+    Args:
+        network: the segmenter (``train.json``'s ``network``; a DDP wrapper is unwrapped); loaded in place.
+        enabled: False: do nothing (training from scratch).
+        checkpoint: a source model; None: ``source_dir/model.pt`` of the ``source_segmentation`` bundle, trained with
+            ``source_overrides`` if absent or made with other settings
+            (:func:`monai_uda.bundle.resolve_source_checkpoint`).
+        source_dir: where that source model lives.
+        datalist: the *original* (untranslated) datalist: the source model must have been trained on its source images.
+        dataset_dir: its base folder.
+        distributed: under ``torchrun``: rank 0 resolves (and, if needed, trains in an isolated process) the source
+            model while the others wait; every rank then loads it.
+        source_overrides: the source training's settings (seed, budget, device, ...), as the runner's source model;
+            its ``device`` (default CPU) is also where the weights are loaded.
+
+    Returns:
+        the checkpoint loaded, or None when ``enabled`` is False.
+    """
+    if not enabled:
+        return None
+    from monai_uda.bundle import load_network, resolve_source_checkpoint
+    from monai_uda.data import UDAData
+    from monai_uda.distributed import on_rank0, unwrap
+
+    kw = dict(source_overrides, datalist=datalist, dataset_dir=dataset_dir)
+    if distributed:
+        path = on_rank0(resolve_source_checkpoint, checkpoint, source_dir, isolate=True, **kw)
+    else:
+        path = resolve_source_checkpoint(checkpoint, source_dir, **kw)
+    load_network(unwrap(network), path, source_overrides.get("device", "cpu"), uda=UDAData(datalist, dataset_dir, deep=False))
+    logger.info("PAST: the segmenter starts from the source model %s", path)
+    return path
 
 
 # ------------------------------------------------------------------------------------- translation data
@@ -83,6 +158,7 @@ def translation_dataset(
     roi_fractions: Sequence[Sequence[float]] | None = None,
     cache: bool = True,
     seed: int = 0,
+    pad_mode: str = "edge",
 ) -> torch.utils.data.Dataset:
     """Unpaired ``{"source": (1, H, W), "target": (1, H, W)}`` 2D training items for the translation network.
 
@@ -101,6 +177,10 @@ def translation_dataset(
         roi_fractions: optional 2D ROI as ``(start, end)`` fractions per axis.
         cache: cache the deterministic loading in memory (MONAI ``CacheDataset``).
         seed: seed of the random source/target pairing.
+        pad_mode: how a slice smaller than ``patch_size`` is padded (``numpy.pad`` modes). ``"edge"`` (default)
+            repeats the border, i.e. the background of a head image; ``"constant"`` pads with 0, which after
+            the z-score is a mid-grey frame of the same value in both domains: a pixel-wise translator would
+            have to map 0 to 0 and the discriminator reads the frame as a tell.
     """
     from monai.data import CacheDataset
 
@@ -116,7 +196,7 @@ def translation_dataset(
         xs += [RandSpatialCropd(keys="image", roi_size=[-1, -1, 1], random_size=False), SqueezeDimd(keys="image", dim=3)]
     if roi_fractions is not None:
         xs.append(roi_crop_transform("image", [tuple(f) for f in roi_fractions]))
-    xs += [SpatialPadd(keys="image", spatial_size=patch_size), RandSpatialCropd(keys="image", roi_size=patch_size, random_size=False)]
+    xs += [SpatialPadd(keys="image", spatial_size=patch_size, mode=pad_mode), RandSpatialCropd(keys="image", roi_size=patch_size, random_size=False)]
     transform = Compose(xs)
 
     def images(key: str) -> list[dict]:
@@ -129,6 +209,32 @@ def translation_dataset(
 
 
 # ------------------------------------------------------------------------------------------- translation
+
+
+def target_intensity_stats(
+    uda: Any, key: str = "target_training", nonzero: bool | None = None, data_limit: int | None = None
+) -> tuple[float, float]:
+    """Mean and standard deviation of the ``key`` images (each image's own, averaged over the images; non-zero voxels
+    in 3D by default, as the z-score of the segmentation pipeline). Images only; all channels pooled."""
+    import nibabel as nib
+
+    nz = uda.spatial_dims == 3 if nonzero is None else nonzero
+    means, stds = [], []
+    for it in uda.split(key, limit=data_limit):
+        path = it["image"]
+        if path.lower().endswith((".nii", ".nii.gz")):
+            a = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+        else:
+            from skimage import io
+
+            a = io.imread(path).astype(np.float64)
+        v = a[a != 0] if nz and np.any(a != 0) else a
+        means.append(float(v.mean()))
+        stds.append(float(v.std()))
+    if not means:
+        raise ValueError(f"target_intensity_stats: the datalist has no {key!r} images.")
+    std = float(np.mean(stds))
+    return float(np.mean(means)), std if std > 0 else 1.0
 
 
 def crop_roi_file(path_in: str, path_out: str, fractions: Sequence[Sequence[float]]) -> str:
@@ -165,6 +271,7 @@ def translate_datalist(
     overwrite: bool = False,
     progress: bool | None = None,
     distributed: bool = False,
+    output_intensity: str = "target",
 ) -> str:
     """Translate the source images of a UDA datalist and write ``<out_dir>/datalist.json`` (Algorithm 1, line 3).
 
@@ -191,6 +298,12 @@ def translate_datalist(
         distributed: multi-GPU (process group initialised, every rank calls this): the images are split
             round-robin across the ranks (rank ``r`` translates/crops files ``r, r + W, ...``), then rank 0
             writes the datalist once every rank has finished; every rank returns its path.
+        output_intensity: the intensity scale of the written files. The generator works on z-scored images;
+            ``"target"`` (default) maps its output to the mean and standard deviation of the target training
+            images (their average over images, non-zero voxels in 3D), so a translated file looks like a file
+            of the target scanner; ``"source"`` maps it back to each input's own mean and std (the former
+            behaviour). The segmentation pipeline z-scores every image, so the scale does not change what the
+            segmenter sees (``tests/methods/past/test_translate_volume.py``); only the files differ.
 
     Returns:
         the path of the translated datalist.
@@ -203,6 +316,9 @@ def translate_datalist(
         if k in dl and data_limit:
             dl[k] = dl[k][:data_limit]
     nonzero = uda.spatial_dims == 3
+    if output_intensity not in ("target", "source"):
+        raise ValueError(f"output_intensity must be 'target' or 'source', got {output_intensity!r}.")
+    output_stats = target_intensity_stats(uda, nonzero=nonzero, data_limit=data_limit) if output_intensity == "target" else None
     jobs = [(k, i, it) for k in keys if k in dl for i, it in enumerate(dl[k])]
     if not jobs:
         raise ValueError(f"translate_datalist: the datalist has no items under {list(keys)}.")
@@ -225,7 +341,7 @@ def translate_datalist(
             if roi_fractions is not None:
                 cropped = os.path.join(out_dir, ".roi", k, _out_name(i, src))
                 src = crop_roi_file(src, cropped, roi_fractions)
-            translate_volume(generator, src, out, axis=axis, device=device, nonzero=nonzero)
+            translate_volume(generator, src, out, axis=axis, device=device, nonzero=nonzero, output_stats=output_stats)
         it["image"] = out
         if roi_fractions is not None and "label" in it:
             lab = os.path.join(out_dir, k, "labels", _out_name(i, it["label"]))

@@ -78,3 +78,28 @@ def test_errors(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(ValueError, match="unsupported"):
         translate_volume(Identity(), str(tmp_path / "x.txt"), str(tmp_path / "o.txt"))
+
+
+class Square(torch.nn.Module):  # a non-affine translation (what a translator does), the scale is the question
+    def forward(self, x):
+        return x**2
+
+
+def test_output_scale_is_an_affine_map_the_pipeline_z_score_removes(tmp_path):
+    """The output is written on the target's (or the input's) mean and std; the segmentation pipeline z-scores it
+    again, so both give the z-scored generator output: the scale does not undo the translation."""
+    from monai.transforms import NormalizeIntensity
+
+    data, _ = _nifti(tmp_path / "in.nii.gz")
+    src, tgt = tmp_path / "src.nii.gz", tmp_path / "tgt.nii.gz"
+    translate_volume(Square(), str(tmp_path / "in.nii.gz"), str(src))
+    translate_volume(Square(), str(tmp_path / "in.nii.gz"), str(tgt), output_stats=(500.0, 20.0))
+    a, b = nib.load(str(src)).get_fdata(), nib.load(str(tgt)).get_fdata()
+    # z-units to the scale: y * std + mean, and the mean of g**2 (g z-scored) is 1
+    assert a.mean() == pytest.approx(data.mean() + data.std(), rel=0.01) and b.mean() == pytest.approx(520.0, rel=0.01)
+    z = NormalizeIntensity(nonzero=True)
+    g = (data - data.mean()) / data.std()  # the generator's input (z-score over the non-zero voxels: all here)
+    want = np.asarray(z(torch.as_tensor(g**2)))
+    for out in (a, b):
+        np.testing.assert_allclose(np.asarray(z(torch.as_tensor(out))), want, atol=1e-3)
+        assert not np.allclose(np.asarray(z(torch.as_tensor(out))), np.asarray(z(torch.as_tensor(data))), atol=0.1)
