@@ -24,7 +24,7 @@ import torch
 from monai.inferers import Inferer
 
 from .agreement import foreground_dice
-from .predictions import Candidate, Predictions, check_images, eval_mode, predict_one
+from .predictions import Candidate, Predictions, check_images, eval_mode, plain_argmax, predict_one
 from .registry import register_validator
 
 __all__ = ["Augmentation", "flip", "rot90", "intensity", "default_augmentations", "tta_consistency_score"]
@@ -83,13 +83,7 @@ def tta_consistency_score(network: torch.nn.Module, images: Sequence[torch.Tenso
         raise ValueError("tta_consistency_score augmentations: empty")
     network.to(device)
     with eval_mode(network):
-        if predictions is None:
-            plain = [predict_one(network, x, inferer, device) for x in images]
-            num_classes, plain = plain[0].shape[0], [p.argmax(0) for p in plain]
-        else:
-            if len(predictions) != len(images):
-                raise ValueError(f"tta_consistency_score predictions: {len(predictions)} for {len(images)} images")
-            num_classes, plain = predictions.num_classes, predictions.argmax
+        num_classes, plain = plain_argmax(network, images, inferer, device, predictions, "tta_consistency_score")
         dice = []
         for aug in augmentations:
             augmented = [aug.invert(predict_one(network, aug.apply(x), inferer, device)).argmax(0) for x in images]

@@ -29,7 +29,7 @@ import torch
 from monai.inferers import Inferer
 
 from .agreement import foreground_dice
-from .predictions import Candidate, Predictions, check_images, eval_mode, predict_one
+from .predictions import Candidate, Predictions, check_images, eval_mode, plain_argmax, predict_one
 from .registry import register_validator
 
 __all__ = ["REGIONS", "mixval_score"]
@@ -63,13 +63,7 @@ def mixval_score(network: torch.nn.Module, images: Sequence[torch.Tensor], infer
     network.to(device)
     rng = np.random.default_rng(seed)
     with eval_mode(network):
-        if predictions is None:
-            plain = [predict_one(network, x, inferer, device) for x in images]
-            num_classes, labels = plain[0].shape[0], [p.argmax(0) for p in plain]
-        else:
-            if len(predictions) != len(images):
-                raise ValueError(f"mixval_score predictions: {len(predictions)} for {len(images)} images")
-            num_classes, labels = predictions.num_classes, predictions.argmax
+        num_classes, labels = plain_argmax(network, images, inferer, device, predictions, "mixval_score")
         mixed, dominant, same = [], [], []
         for a in range(len(images)):
             b = (a + int(rng.integers(1, len(images)))) % len(images)

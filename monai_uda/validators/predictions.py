@@ -17,7 +17,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
-__all__ = ["Predictions", "Candidate", "predict_probabilities", "predict_one", "eval_mode", "check_images"]
+__all__ = ["Predictions", "Candidate", "predict_probabilities", "predict_one", "plain_argmax", "eval_mode",
+           "check_images"]
 
 
 @contextlib.contextmanager
@@ -58,6 +59,18 @@ def predict_one(network: torch.nn.Module, image: torch.Tensor, inferer: Inferer 
         if isinstance(out, (tuple, list)):
             out = out[0]
         return torch.softmax(torch.as_tensor(out).float(), dim=1)[0].cpu()
+
+
+def plain_argmax(network: torch.nn.Module, images: Sequence[torch.Tensor], inferer: Inferer | None,
+                 device: str | torch.device, predictions: "Predictions | None", name: str) -> tuple[int, list]:
+    """``(num_classes, argmax maps)`` of the unaugmented images: from ``predictions`` when given (one per image,
+    else a ValueError naming ``name``), otherwise one :func:`predict_one` pass (the caller sets the mode)."""
+    if predictions is None:
+        plain = [predict_one(network, x, inferer, device) for x in images]
+        return plain[0].shape[0], [p.argmax(0) for p in plain]
+    if len(predictions) != len(images):
+        raise ValueError(f"{name} predictions: {len(predictions)} for {len(images)} images")
+    return predictions.num_classes, predictions.argmax
 
 
 def predict_probabilities(network: torch.nn.Module, images: Sequence[torch.Tensor], inferer: Inferer | None = None,
