@@ -115,3 +115,36 @@ def ipc_kernel():
 
     yield make
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def cli_process_state():
+    """main() sets process-wide state for a command-line run: torch's thread count (monai_uda.threads), logger
+    levels and an "ignore" warnings filter (cli._quiet_engines). Put the test process's back afterwards, so the
+    tests that a worker runs after these ones see the same logging and warnings whatever the order."""
+    import logging
+    import warnings
+
+    import torch
+
+    n = torch.get_num_threads()
+    from monai_uda.cli import _ENGINE_LOGGERS
+
+    names = ("", *_ENGINE_LOGGERS, "monai_uda")
+    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers),
+                    logging.getLogger(name).propagate,
+                    [h.level for h in logging.getLogger(name).handlers]) for name in names}
+    with warnings.catch_warnings():  # restores the filters on exit
+        yield
+    torch.set_num_threads(n)
+    logging.captureWarnings(False)
+    for name, (level, handlers, propagate, handler_levels) in saved.items():
+        logger = logging.getLogger(name)
+        for h in logger.handlers:
+            if h not in handlers:
+                h.close()
+        logger.setLevel(level)
+        logger.handlers = handlers
+        logger.propagate = propagate
+        for h, hl in zip(handlers, handler_levels):
+            h.setLevel(hl)

@@ -13,30 +13,7 @@ import torch
 from monai_uda.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _keep_process_settings():
-    """main() sets torch's thread count, logger levels and warning filters for a command-line run; put them back."""
-    import logging
-    import warnings
-
-    from monai_uda.cli import _ENGINE_LOGGERS
-
-    n = torch.get_num_threads()
-    names = ("", *_ENGINE_LOGGERS, "monai_uda")
-    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers),
-                    logging.getLogger(name).propagate) for name in names}
-    with warnings.catch_warnings():
-        yield
-    torch.set_num_threads(n)
-    logging.captureWarnings(False)
-    for name, (level, handlers, propagate) in saved.items():
-        logger = logging.getLogger(name)
-        for h in logger.handlers:
-            if h not in handlers:
-                h.close()
-        logger.setLevel(level)
-        logger.handlers = handlers
-        logger.propagate = propagate
+pytestmark = pytest.mark.usefixtures("cli_process_state")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
