@@ -14,10 +14,6 @@ out=${1:-results/v2}
 data=${MONAI_UDA_DATA:-../shared/data}
 threads=${MONAI_UDA_THREADS:-1}
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
-s1="source,oracle,bn_source,bn,bn_reset"
-s2="$s1,buda,selftrain,st,cbst,early"
-s3="$s2,rf,enhancer,s2d,s2d_noteacher,s2d_norect"
-s4="$s2,past,fda,histmatch"
 run() {
   local pair=$1 methods=$2
   echo "=== $(date +%T) $pair: $methods"
@@ -32,12 +28,7 @@ run() {
   cp "$out/$pair"/{results.csv,results.md,results.png,per_image.csv} "docs/benchmarks/v2/$pair/"
   python scripts/protocol_tables.py --write
 }
-for p in A1 B2 C1 D1; do run $p "$s1"; done
-for p in A1 B2 C1 D1; do run $p "$s2"; done
-for p in A1 B2 C1; do run $p "$s3"; done
-run C1 "$s3,past,fda,histmatch"
-run D1 "$s4"
-# last: the label-free pick among each seed's models (it must run after all of them; resume keeps its rows)
-for p in A1 B2; do run $p "$s3,mcdropout,selected"; done
-run C1 "$s3,past,fda,histmatch,mcdropout,selected"
-run D1 "$s4,mcdropout,selected"
+# the stages of monai_uda/benchmarks/plan.py (one line per stage: PAIR METHODS); the label-free pick `selected`
+# comes last per pair (it chooses among the seed's finished models; resume keeps its rows)
+stages=$(python -m monai_uda.benchmarks.plan) || { echo "=== cannot read the plan (python -m monai_uda.benchmarks.plan)" >&2; exit 1; }
+while read -r pair methods; do run "$pair" "$methods" </dev/null; done <<< "$stages"

@@ -32,6 +32,8 @@ import pandas as pd
 from budget_checks import budget_table, mean_std  # this folder: the diminishing-returns checks
 from results_tables import ORDER, PAIRS  # this folder's v1 page: the same pairs and method order
 
+from monai_uda.benchmarks.plan import PAIR_FAMILIES
+from monai_uda.benchmarks.plan import plan as benchmark_plan
 from monai_uda.evaluation.significance import paired_test
 
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
@@ -215,15 +217,8 @@ def cheaper_table(root: Path = ROOT) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-#: the methods full_benchmarks.sh runs on each pair
-PLAN = {
-    "A1": ["source", "oracle", "bn_source", "bn", "bn_reset", "buda", "selftrain", "mcdropout", "st", "cbst", "early", "rf", "enhancer", "s2d",
-           "s2d_noteacher", "s2d_norect"],
-}
-PLAN["B2"] = PLAN["A1"]
-PLAN["C1"] = PLAN["A1"] + ["past", "fda", "histmatch"]
-PLAN["D1"] = ["source", "oracle", "bn_source", "bn", "bn_reset", "buda", "selftrain", "mcdropout", "st", "cbst", "early", "past", "fda",
-              "histmatch"]
+#: the methods full_benchmarks.sh runs on each pair (monai_uda/benchmarks/plan.py)
+PLAN = {pair: benchmark_plan(pair) for pair in PAIR_FAMILIES}
 
 
 def _convergence_seconds(root: Path, pair: str, model: str) -> float | None:
