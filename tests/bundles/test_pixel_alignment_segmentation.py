@@ -209,6 +209,13 @@ def test_cyclegan_layer_trains_and_translates(tmp_path, tiny_demo_2d):
     run_bundle(BUNDLE, ["train_translation.json", "cyclegan.json", "translate.json"], **_ov(tmp_path, tiny_demo_2d, data_limit=1))
     dl = json.load(open(tmp_path / "models" / "translated" / "datalist.json"))
     assert len(dl["source_training"]) == 1 and os.path.isfile(dl["source_training"][0]["image"])
+    from monai_uda.benchmarks.past_figure import figure_generator, past_figure
+
+    ckpt = str(tmp_path / "models" / "translation" / "cyclegan.pt")
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():  # the figure's defaults rebuild the generator cyclegan.json trained
+        assert torch.allclose(figure_generator(ckpt)(x), gan.g_st.eval()(x), atol=1e-6)
+    assert open(past_figure(tiny_demo_2d, ckpt, str(tmp_path / "f.png"), 1), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(Exception, match="holds a CycleGAN"):  # the default layers cannot load it: a one-line error
         run_bundle(BUNDLE, ["train_translation.json", "translate.json"],
                    **_ov(tmp_path, tiny_demo_2d, data_limit=1, overwrite=True))
