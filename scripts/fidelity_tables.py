@@ -167,13 +167,31 @@ def mean_std(v: pd.Series) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
 
 
+#: more seeds of some methods of a pair, in folders under the root beside ``v2/`` (the same benchmark command with
+#: ``--seeds 3 4`` and its own source models): BUDA-Seg against self-training needs at least five seeds on two pairs.
+#: Their rows join the pair's ``v2/`` rows here only (each cell's bracket gives its seed count); the v2 tables keep
+#: seeds 0, 1 and 2.
+EXTRA_SEEDS: dict[str, list[str]] = {"A1": ["v2_extra/A1_seeds34"], "B2": ["v2_extra/B2_seeds34"]}
+
+
 def load(root: Path, pair: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """``(results, per_image)`` of ``<root>/v2/<pair>/``, or None when either file is missing."""
+    """``(results, per_image)`` of ``<root>/v2/<pair>/`` with the rows of :data:`EXTRA_SEEDS` folders that exist, or
+    None when the ``v2`` files are missing. An extra folder's (method, seed) rows that the ``v2`` folder already has
+    are dropped (one row per method and seed)."""
     d = Path(root) / "v2" / pair
     rp, ip = d / "results.csv", d / "per_image.csv"
     if not (rp.is_file() and ip.is_file()):
         return None
-    return pd.read_csv(rp), pd.read_csv(ip)
+    results, per_image = [pd.read_csv(rp)], [pd.read_csv(ip)]
+    have = set(zip(results[0].method, results[0].seed))
+    for extra in EXTRA_SEEDS.get(pair, []):
+        e = Path(root) / extra
+        if (e / "results.csv").is_file() and (e / "per_image.csv").is_file():
+            r, i = pd.read_csv(e / "results.csv"), pd.read_csv(e / "per_image.csv")
+            results.append(r[[k not in have for k in zip(r.method, r.seed)]])
+            per_image.append(i[[k not in have for k in zip(i.method, i.seed)]])
+            have |= set(zip(r.method, r.seed))
+    return pd.concat(results, ignore_index=True), pd.concat(per_image, ignore_index=True)
 
 
 def _p(p: float) -> str:
@@ -312,7 +330,9 @@ vs source: the paired two-sided Wilcoxon signed-rank test on per-image scores ov
 paper used IoU or surface Dice, a second row gives that metric. The papers' datasets differ from the benchmark
 pairs (and their figures are mostly single runs without a test), so the comparison is of direction and size, not
 of equal numbers. A pair without rows reads "not run yet under protocol v2": the benchmark queue is still
-filling `v2/` (the demo pair has no v2 folder; its one-seed table is [demo/results.md](demo/results.md)).
+filling `v2/`. BUDA-Seg, self-training and their source models also have seeds 3 and 4 on A1 and B2 (`v2_extra/`,
+the same command with `--seeds 3 4`), so that `buda` against `selftrain` is paired over five seeds; the bracket
+after each mean gives its seed count. The demo pair (`v2/demo/`) is the package's simulated scanner shift.
 Generated from the CSVs by
 
 ```bash

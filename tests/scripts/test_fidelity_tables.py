@@ -88,3 +88,20 @@ def test_missing_rows_read_not_run_yet(tmp_path):
     page = ft.page(tmp_path)
     assert page.startswith("# Fidelity to the papers") and "python scripts/fidelity_tables.py --write" in page
     assert all(f"## {e['title']}" in page for e in ft.PAPERS.values())
+
+
+def test_extra_seeds_join_the_pair_for_the_comparisons(tmp_path):
+    _fake_pair(tmp_path, "A1", {"source": 0.0, "oracle": 0.4, "buda": 0.05, "selftrain": 0.05})
+    extra = tmp_path / "extra"
+    _fake_pair(extra, "A1", {"source": 0.0, "buda": 0.15, "selftrain": 0.05}, seeds=5)  # seeds 0-4 ...
+    for name in ("results.csv", "per_image.csv"):  # ... of which 0-2 clash with the v2 rows and are dropped
+        (tmp_path / "v2_extra" / "A1_seeds34").mkdir(parents=True, exist_ok=True)
+        (extra / "v2" / "A1" / name).rename(tmp_path / "v2_extra" / "A1_seeds34" / name)
+    results, per_image = ft.load(tmp_path, "A1")
+    assert sorted(results[results.method == "buda"].seed) == [0, 1, 2, 3, 4]
+    assert sorted(results[results.method == "oracle"].seed) == [0, 1, 2]
+    assert len(per_image[per_image.method == "buda"]) == 5 * 8
+    v2 = pd.read_csv(tmp_path / "v2" / "A1" / "results.csv")
+    kept = results[(results.method == "buda") & (results.seed < 3)].dice.to_numpy()
+    assert np.allclose(kept, v2[v2.method == "buda"].dice.to_numpy())  # the v2 rows win a clash
+    assert "40 pairs" in ft.versus_table(ft.PAPERS["buda"], tmp_path)  # buda vs selftrain over seeds 0-4
