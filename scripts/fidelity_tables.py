@@ -158,6 +158,17 @@ REASONS: dict[tuple[str, str], str] = {
     (m, pair): "" for e in PAPERS.values() for pair in e["pairs"] for m, (_, _, claim) in e["methods"].items() if claim
 }
 
+#: The measured reason a paper's comparison between two methods comes out unlike the paper on a pair,
+#: (method, baseline, pair) -> free text (markdown); printed under the comparisons table when it does.
+VERSUS_REASONS: dict[tuple[str, str, str], str] = {
+    ("buda", "selftrain", "A1"): (
+        "the variance map does not mark the wrong pixels, so it cannot move the loss toward them: as a detector of "
+        "wrong target-test pixels the predicted variance has AUROC 0.211 ± 0.056 (below chance; the softmax entropy "
+        "of the same logits 0.827 ± 0.097), and the per-round training Dice loss falls alike with and without it "
+        "(round 3: 0.153 vs 0.175), with no rise after the third round (seeds 0 1 2; "
+        "[buda_uncertainty/A1](buda_uncertainty/A1/), `scripts/buda_uncertainty.py`)"),
+}
+
 #: the verdict of a (method, pair) without rows
 NOT_RUN = "not run yet under protocol v2"
 
@@ -287,10 +298,14 @@ def verdicts(entry: dict, root: Path = ROOT, reasons: dict | None = None) -> str
     return "\n".join(out) + "\n"
 
 
-def versus_table(entry: dict, root: Path = ROOT) -> str:
-    """The comparisons between two methods of ``entry["versus"]``, with the paired test on Dice on each pair."""
+def versus_table(entry: dict, root: Path = ROOT, reasons: dict | None = None) -> str:
+    """The comparisons between two methods of ``entry["versus"]``, with the paired test on Dice on each pair, and
+    the measured reason (:data:`VERSUS_REASONS`) under the table for each comparison that comes out unlike the
+    paper (or "not measured yet")."""
     if not entry.get("versus"):
         return ""
+    reasons = VERSUS_REASONS if reasons is None else reasons
+    unlike: list[str] = []
     lines = ["| pair | comparison | paper's figure | measured: method − baseline (paired Wilcoxon, Dice) |",
              "|---|---|---|---|"]
     for pair in entry["pairs"]:
@@ -303,9 +318,12 @@ def versus_table(entry: dict, root: Path = ROOT) -> str:
                 word = {"+": "better", "-": "worse", "=": "no significant difference", "?": "no decision"}[t["mark"]]
                 if claim and t["mark"] in "+-=":
                     word += ", as in the paper" if t["mark"] == claim else ", unlike the paper"
+                    if t["mark"] != claim:
+                        why = reasons.get((m, base, pair), "") or "not measured yet"
+                        unlike.append(f"- **{pair}, `{m}` vs `{base}`** unlike the paper. Measured reason: {why}.")
                 cell = f"{t['mark']} {word} ({describe(t)})"
             lines.append(f"| {pair} | `{m}` vs `{base}` | {fig} | {cell} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(unlike) + "\n" if unlike else "")
 
 
 def method_section(key: str, root: Path = ROOT, reasons: dict | None = None) -> str:

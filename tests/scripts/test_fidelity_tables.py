@@ -105,3 +105,12 @@ def test_extra_seeds_join_the_pair_for_the_comparisons(tmp_path):
     kept = results[(results.method == "buda") & (results.seed < 3)].dice.to_numpy()
     assert np.allclose(kept, v2[v2.method == "buda"].dice.to_numpy())  # the v2 rows win a clash
     assert "40 pairs" in ft.versus_table(ft.PAPERS["buda"], tmp_path)  # buda vs selftrain over seeds 0-4
+
+
+def test_a_comparison_unlike_the_paper_gets_its_measured_reason(tmp_path):
+    # the paper has buda better than selftrain; here they are equal (noise only), and buda beats cbst as in the paper
+    _fake_pair(tmp_path, "A1", {"source": 0.0, "oracle": 0.4, "buda": 0.05, "selftrain": 0.05, "cbst": -0.1})
+    text = ft.versus_table(ft.PAPERS["buda"], tmp_path, reasons={("buda", "selftrain", "A1"): "the map is blind"})
+    assert "- **A1, `buda` vs `selftrain`** unlike the paper. Measured reason: the map is blind." in text
+    assert "`buda` vs `cbst`** unlike" not in text  # as in the paper: no reason asked for
+    assert "Measured reason: not measured yet." in ft.versus_table(ft.PAPERS["buda"], tmp_path, reasons={})
