@@ -1,0 +1,136 @@
+"""Is the final output the better teacher? The early head against the whole network (Sheikh and Schultz).
+
+Self-training of early features trains the early head's prediction (the student) toward the network's final
+prediction (the teacher) on target images. That helps only when the teacher is the better of the two on the
+target. For every seed of a benchmark folder that ran ``early`` (``<run>/seed<k>/early/head_model.pt``: the
+source network with its trained early head; ``<run>/seed<k>/early/model.pt``: the network after refinement), this
+script segments the pair's target *test* images (evaluation only: their labels are read here, never by the
+method) with four predictors and reports their mean Dice (foreground classes, as the benchmark):
+
+- ``final_before`` / ``early_before``: the source network's final output / its early head, before refinement;
+- ``final_after`` / ``early_after``: the same two after refinement (the refined network with the frozen head);
+- ``final_before_source`` / ``early_before_source``: the two ``before`` predictors on the source validation images,
+  where the head was trained (how good a student the head can be at all).
+
+``teacher_margin`` = final_before − early_before: negative means the early head is already better than its
+teacher on the target, so the paper's premise fails on that pair.
+
+    python scripts/early_teacher.py results/v2/D1 [--out docs/benchmarks/early_teacher/D1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+#: the early head's settings of the bundle (``train_head.json``/``adapt.json``: ``head_levels``, ``head_hidden_channels``)
+BUNDLE = "early_feature_refinement_segmentation"
+
+
+def _head_settings() -> tuple[list[int], int]:
+    from monai_uda.bundle import bundle_dir
+
+    cfg = json.loads((bundle_dir(BUNDLE) / "configs" / "adapt.json").read_text())
+    return list(cfg["head_levels"]), int(cfg["head_hidden_channels"])
+
+
+def _segmentor(head_model: Path, refined: Path | None, uda) -> torch.nn.Module:
+    """The early-features segmentor of ``head_model``; with ``refined``, its base replaced by the refined network."""
+    from monai_uda.methods.early_features.early_head import EarlyFeaturesSegmentor
+    from monai_uda.networks import UDAUNet
+
+    levels, hidden = _head_settings()
+    net = UDAUNet(spatial_dims=uda.spatial_dims, in_channels=uda.in_channels, out_channels=uda.num_classes)
+    seg = EarlyFeaturesSegmentor(net, levels=levels, hidden_channels=hidden)
+    seg.load_state_dict(torch.load(head_model, map_location="cpu", weights_only=True))
+    if refined is not None:
+        seg.network.load_state_dict(torch.load(refined, map_location="cpu", weights_only=True))
+    return seg.eval()
+
+
+def seed_rows(run: Path, seed: int, roi: int, datalist: Path, split: str = "target_test") -> list[dict]:
+    """One row per image of ``split``: the Dice of the four predictors (of the two ``before`` ones on a source split,
+    where the head was trained: how good a student it can be at all)."""
+    from monai.inferers import SlidingWindowInferer
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    from monai_uda.data import UDAData
+    from monai_uda.transforms import segmentation_transforms
+
+    uda = UDAData(str(datalist))
+    folder = run / f"seed{seed}" / "early"
+    nets = {"before": _segmentor(folder / "head_model.pt", None, uda)}
+    if split == "target_test":
+        nets["after"] = _segmentor(folder / "head_model.pt", folder / "model.pt", uda)
+    tf = segmentation_transforms("eval", uda=uda)
+    inferer = SlidingWindowInferer(roi_size=[roi] * uda.spatial_dims, sw_batch_size=4, overlap=0.25)
+    dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+    rows = []
+    with torch.no_grad():
+        for item in uda.split(split):
+            d = tf(item)
+            y = one_hot(torch.as_tensor(d["label"])[None].long(), uda.num_classes)
+            row = {"split": split, "seed": seed, "image": Path(str(item["image"])).name}
+            for when, net in nets.items():
+                final, early = inferer(d["image"][None], lambda x, net=net: torch.cat(net(x)[:2], 1)).split(
+                    uda.num_classes, 1)
+                for name, logits in (("final", final), ("early", early)):
+                    pred = one_hot(logits.argmax(1, keepdim=True), uda.num_classes)
+                    row[f"{name}_{when}"] = float(dice(pred, y).mean())
+                    dice.reset()
+            rows.append(row)
+    return rows
+
+
+def summary(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per seed: the mean target-test Dice of each predictor, the teacher margin (final_before − early_before) and
+    the two ``before`` predictors on the source validation images (``*_source``), where present."""
+    cols = ["final_before", "early_before", "final_after", "early_after"]
+    t = per_image[per_image.split == "target_test"]
+    s = t.groupby("seed")[cols].mean()
+    s["teacher_margin"] = s.final_before - s.early_before
+    src = per_image[per_image.split != "target_test"]
+    if len(src):
+        s = s.join(src.groupby("seed")[["final_before", "early_before"]].mean().add_suffix("_source"))
+    return s.reset_index()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path, help="a benchmark folder that ran early")
+    p.add_argument("--out", type=Path, default=None, help="write per_image.csv and summary.csv here")
+    p.add_argument("--roi", type=int, default=None, help="sliding-window side (default: 128 in 2D, 96 in 3D)")
+    p.add_argument("--datalist", type=Path, default=None, help="the pair's datalist (default: the run's *.json)")
+    a = p.parse_args()
+    found = sorted(a.run.glob("*.json"))
+    datalist = a.datalist or (found[0] if found else None)
+    if datalist is None:
+        raise SystemExit(f"{a.run}: no datalist found; pass --datalist")
+    seeds = sorted(int(d.parent.parent.name[4:]) for d in a.run.glob("seed*/early/head_model.pt")
+                   if (d.parent / "model.pt").is_file())
+    if not seeds:
+        raise SystemExit(f"{a.run}: no seed*/early/head_model.pt with model.pt (run the benchmark with --methods early)")
+    from monai_uda.data import UDAData
+
+    roi = a.roi or (128 if UDAData(str(datalist)).spatial_dims == 2 else 96)
+    per_image = pd.DataFrame([r for s in seeds for split in ("target_test", "source_validation")
+                              for r in seed_rows(a.run, s, roi, datalist, split)])
+    s = summary(per_image)
+    print(s.to_string(index=False, float_format="%.3f"))
+    m = s.drop(columns="seed")
+    print("mean ± std over seeds: " + ", ".join(f"{c} {m[c].mean():.3f} ± {m[c].std(ddof=0):.3f}" for c in m))
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        per_image.to_csv(a.out / "per_image.csv", index=False)
+        s.to_csv(a.out / "summary.csv", index=False)
+        (a.out / "command.txt").write_text(f"python scripts/early_teacher.py {a.run} --out {a.out}\n")
+        print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
