@@ -21,21 +21,20 @@ teacher on the target, so the paper's premise fails on that pair.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-#: the early head's settings of the bundle (``train_head.json``/``adapt.json``: ``head_levels``, ``head_hidden_channels``)
-BUNDLE = "early_feature_refinement_segmentation"
-
-
-def _head_settings() -> tuple[list[int], int]:
-    from monai_uda.bundle import bundle_dir
-
-    cfg = json.loads((bundle_dir(BUNDLE) / "configs" / "adapt.json").read_text())
-    return list(cfg["head_levels"]), int(cfg["head_hidden_channels"])
+def head_settings(state: dict) -> tuple[list[int], int]:
+    """``(levels, hidden_channels)`` of the early head(s) of a segmentor state dict (``heads.<level>.<layer>...``):
+    a head with two layers has a hidden 3x3 conv of ``hidden_channels`` outputs, one layer means 0."""
+    levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("heads.")})
+    if not levels:
+        raise ValueError("not an early-features segmentor checkpoint: no 'heads.' weights")
+    first = f"heads.{levels[0]}"
+    hidden = int(state[f"{first}.0.conv.weight"].shape[0]) if f"{first}.1.conv.weight" in state else 0
+    return levels, hidden
 
 
 def _segmentor(head_model: Path, refined: Path | None, uda) -> torch.nn.Module:
@@ -43,10 +42,11 @@ def _segmentor(head_model: Path, refined: Path | None, uda) -> torch.nn.Module:
     from monai_uda.methods.early_features.early_head import EarlyFeaturesSegmentor
     from monai_uda.networks import UDAUNet
 
-    levels, hidden = _head_settings()
+    state = torch.load(head_model, map_location="cpu", weights_only=True)
+    levels, hidden = head_settings(state)
     net = UDAUNet(spatial_dims=uda.spatial_dims, in_channels=uda.in_channels, out_channels=uda.num_classes)
     seg = EarlyFeaturesSegmentor(net, levels=levels, hidden_channels=hidden)
-    seg.load_state_dict(torch.load(head_model, map_location="cpu", weights_only=True))
+    seg.load_state_dict(state)
     if refined is not None:
         seg.network.load_state_dict(torch.load(refined, map_location="cpu", weights_only=True))
     return seg.eval()

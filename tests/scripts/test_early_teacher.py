@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import early_teacher  # noqa: E402
 
 
-def _run(tmp_path: Path, datalist: str, refine) -> Path:
+def _run(tmp_path: Path, datalist: str, refine, levels=(0,), hidden=16) -> Path:
     """``<run>/seed0/early/{head_model,model}.pt``: a random segmentor and its network after ``refine``."""
     from monai_uda.data import UDAData
     from monai_uda.methods.early_features.early_head import EarlyFeaturesSegmentor
@@ -16,7 +16,6 @@ def _run(tmp_path: Path, datalist: str, refine) -> Path:
 
     uda = UDAData(datalist)
     torch.manual_seed(0)
-    levels, hidden = early_teacher._head_settings()
     seg = EarlyFeaturesSegmentor(UDAUNet(spatial_dims=2, in_channels=uda.in_channels, out_channels=uda.num_classes),
                                  levels=levels, hidden_channels=hidden)
     d = tmp_path / "seed0" / "early"
@@ -28,7 +27,7 @@ def _run(tmp_path: Path, datalist: str, refine) -> Path:
 
 
 def test_before_and_after_agree_when_refinement_changed_nothing(tmp_path, tiny_demo_2d):
-    run = _run(tmp_path, tiny_demo_2d, lambda net: None)
+    run = _run(tmp_path, tiny_demo_2d, lambda net: None, levels=(1,), hidden=0)  # a level-1 linear head
     rows = pd.DataFrame(early_teacher.seed_rows(run, 0, 32, Path(tiny_demo_2d)))
     assert len(rows) > 0 and rows.split.eq("target_test").all()
     assert (rows.final_before == rows.final_after).all() and (rows.early_before == rows.early_after).all()
@@ -48,3 +47,13 @@ def test_the_refined_network_is_the_after_model_and_the_summary_margin(tmp_path,
     s = early_teacher.summary(pd.concat([rows, src]))
     assert abs(s.teacher_margin[0] - (rows.final_before.mean() - rows.early_before.mean())) < 1e-12
     assert abs(s.early_before_source[0] - src.early_before.mean()) < 1e-12
+
+
+def test_head_settings_are_read_from_the_checkpoint():
+    from monai_uda.methods.early_features.early_head import EarlyFeaturesSegmentor
+    from monai_uda.networks import UDAUNet
+
+    for levels, hidden in (((0,), 16), ((1,), 0), ((0, 1), 8)):
+        seg = EarlyFeaturesSegmentor(UDAUNet(spatial_dims=2, in_channels=1, out_channels=2), levels=levels,
+                                     hidden_channels=hidden)
+        assert early_teacher.head_settings(seg.state_dict()) == (list(levels), hidden)
