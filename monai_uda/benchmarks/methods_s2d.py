@@ -18,9 +18,9 @@ never seen by any network). The scribble budget is reported in every row (``scri
   checkpoints.
 
 Forest sizes: full mode uses the bundle's (``prepare_forests.json``: 500 source forests of 10 trees, the paper's count;
-``adapt.json``: a 100-tree target forest, ilastik's default); the cut budgets of the quick and demo modes
-scale them with ``iterations = max_epochs * epoch_length`` (8 source forests and a 20-tree target forest
-in quick mode).
+``adapt.json``: a 10-tree target forest, as many trees as each source forest, so that the enhancer sees the kind of
+map it learned on); the cut budgets of the quick and demo modes scale the source forests' count with
+``iterations = max_epochs * epoch_length`` (8 source forests in quick mode).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def s2d_sizes(budget: dict) -> dict:
     return {
         "n_forests": int(min(100, max(8, iters // 4))),
         "forest_trees": 10,
-        "target_forest_trees": 100 if iters >= 100 else 20,
+        "target_forest_trees": 10,  # as many as each source forest: the enhancer's input (adapt.json)
     }
 
 

@@ -10,7 +10,7 @@ S2D = ["rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect"]
 def test_registered_and_sizes():
     load_methods()
     assert set(S2D) <= set(METHODS)
-    assert s2d_sizes({"max_epochs": 2, "epoch_length": 4}) == {"n_forests": 8, "forest_trees": 10, "target_forest_trees": 20}
+    assert s2d_sizes({"max_epochs": 2, "epoch_length": 4}) == {"n_forests": 8, "forest_trees": 10, "target_forest_trees": 10}
     assert s2d_sizes({"max_epochs": 20, "epoch_length": 20})["n_forests"] == 100
 
 

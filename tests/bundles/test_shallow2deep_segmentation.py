@@ -159,3 +159,11 @@ def test_paper_optimizer_with_a_plateau_schedule_on_the_epoch_mean_loss(upstream
             lr *= 0.2
         expected.append(lr)
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_target_forest_has_the_source_forests_tree_count():
+    """The Prediction Enhancer learns on single source forests' maps; the target forest it enhances must be of the
+    same size (a 100-tree forest's less certain map made it over-segment: docs/benchmarks/s2d_diagnosis/)."""
+    configs = bundle_dir(BUNDLE) / "configs"
+    source = json.loads((configs / "prepare_forests.json").read_text())["forest_trees"]
+    assert json.loads((configs / "adapt.json").read_text())["target_forest_trees"] == source
