@@ -8,27 +8,7 @@ from ignite.engine import Engine
 
 from monai_uda.handlers import ValidatorCheckpointSelector
 from monai_uda.validators import VALIDATORS, register_validator
-
-
-class Threshold(torch.nn.Module):
-    """Foreground where the image exceeds ``t`` (a learnable threshold standing in for a trained network)."""
-
-    def __init__(self, t: float):
-        super().__init__()
-        self.t = torch.nn.Parameter(torch.tensor(float(t)))
-
-    def forward(self, x):
-        d = 10.0 * (x[:, :1] - self.t)
-        return torch.cat([-d, d], 1)
-
-
-def blobs():
-    images = []
-    for r, c in [(2, 2), (5, 6), (8, 3)]:
-        x = torch.zeros(1, 16, 16)
-        x[:, r:r + 5, c:c + 5] = 1.0
-        images.append(x)
-    return images
+from toy_networks import Threshold, blobs
 
 
 def trainer(network: Threshold, thresholds: list[float]) -> Engine:

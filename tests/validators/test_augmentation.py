@@ -3,28 +3,11 @@ import torch
 
 from monai_uda.validators.augmentation import default_augmentations, flip, intensity, rot90, tta_consistency_score
 from monai_uda.validators.predictions import Predictions, predict_probabilities
-
-
-class Threshold(torch.nn.Module):
-    """Pixel-wise foreground where the image exceeds ``t``: equivariant to flips and rotations."""
-
-    def __init__(self, t=0.5, roll=0):
-        super().__init__()
-        self.t, self.roll = t, roll
-
-    def forward(self, x):
-        d = 10.0 * (x[:, :1] - self.t)
-        logits = torch.cat([-d, d], 1)
-        return torch.roll(logits, self.roll, dims=-1) if self.roll else logits  # roll: a translation, not equivariant
+from toy_networks import Threshold, blobs
 
 
 def _blobs():
-    images = []
-    for r, c in [(2, 2), (6, 9), (9, 3)]:
-        x = torch.zeros(1, 16, 16)
-        x[:, r:r + 4, c:c + 4] = 1.0
-        images.append(x)
-    return images
+    return blobs(((2, 2), (6, 9), (9, 3)), side=4)
 
 
 def test_a_flip_and_rotation_equivariant_model_is_fully_consistent():
