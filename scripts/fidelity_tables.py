@@ -157,6 +157,20 @@ PAPERS: dict[str, dict] = {
 REASONS: dict[tuple[str, str], str] = {
     (m, pair): "" for e in PAPERS.values() for pair in e["pairs"] for m, (_, _, claim) in e["methods"].items() if claim
 }
+_S2D_A1 = (
+    "the Prediction Enhancer is weak even in its own domain: fed single source forests' maps of the source "
+    "validation images (what it learned on) it reaches 0.645 ± 0.070 Dice, where the source network reaches "
+    "0.901 ± 0.006 (the paper's PE comes within 0.05 of its target net). On the target its input is the brushstroke "
+    "forest's map (0.460) and it gives 0.503, below the source network's 0.531. With the former 100-tree target "
+    "forest, 4x or 16x the simulated strokes did not lift it above source (0.504, 0.494) and a forest from dense "
+    "labels did (0.589, +0.058, p 0.007) ([s2d_diagnosis](s2d_diagnosis/), seeds 0 1 2)")
+REASONS.update({
+    ("enhancer", "A1"): _S2D_A1,
+    ("s2d", "A1"): "it learns from the enhancer's pseudo-labels (above) and beats the enhancer (as in the paper), "
+                   "but not the source network, because " + _S2D_A1,
+    ("s2d_noteacher", "A1"): "as `s2d` (its pseudo-labels come from the same enhancer)",
+    ("s2d_norect", "A1"): "as `s2d` (its pseudo-labels come from the same enhancer)",
+})
 
 #: The measured reason a paper's comparison between two methods comes out unlike the paper on a pair,
 #: (method, baseline, pair) -> free text (markdown); printed under the comparisons table when it does.
