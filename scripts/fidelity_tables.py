@@ -363,9 +363,10 @@ paper used IoU or surface Dice, a second row gives that metric. The papers' data
 pairs (and their figures are mostly single runs without a test), so the comparison is of direction and size, not
 of equal numbers. A pair without rows reads "not run yet under protocol v2": the benchmark queue is still
 filling `v2/`. BUDA-Seg, self-training and their source models also have seeds 3 and 4 on A1 and B2 (`v2_extra/`,
-the same command with `--seeds 3 4`), so that `buda` against `selftrain` is paired over five seeds; the bracket
+`scripts/fidelity_runs.sh`), so that `buda` against `selftrain` is paired over five seeds; the bracket
 after each mean gives its seed count. The demo pair (`v2/demo/`) is the package's simulated scanner shift.
-Generated from the CSVs by
+The runs beyond the v2 benchmark (extra seeds, the demo pair, the early-head and variance analyses) are made by
+`bash scripts/fidelity_runs.sh`. Generated from the CSVs by
 
 ```bash
 python scripts/fidelity_tables.py --write

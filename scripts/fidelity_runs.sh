@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The runs of the fidelity page (docs/benchmarks/fidelity.md) beyond the protocol-v2 benchmark
+# (scripts/full_benchmarks.sh), each resuming and copying its tables to docs/benchmarks/:
+#
+#   - BUDA-Seg against self-training over five seeds: seeds 3 and 4 of buda, selftrain and their source model on
+#     A1 and B2 (v2_extra/<pair>_seeds34/; seeds 0-2 are the v2 rows)
+#   - the demo pair (the package's simulated scanner shift, the one nearest to the early-features paper's
+#     Calgary-Campinas) under v2: source, oracle, early, st, cbst (v2/demo/)
+#   - whether the final output is the better teacher for the early head (early_teacher/<pair>/), on every pair
+#     whose v2 run has `early` rows, and the early head at level 1 on A1 (early_variants/A1_level1/)
+#   - BUDA-Seg's variance map against the errors (buda_uncertainty/<pair>/) on B2 once it has buda rows
+#
+#   bash scripts/fidelity_runs.sh [OUT_ROOT]        (default results; ../shared/data or $MONAI_UDA_DATA)
+#
+# One job per machine, one torch thread by default (MONAI_UDA_THREADS), as full_benchmarks.sh. The level-1 variant
+# needs A1's v2 source models; the early-teacher and variance analyses run on the v2 folders that have the rows.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-results}
+data=${MONAI_UDA_DATA:-../shared/data}
+threads=${MONAI_UDA_THREADS:-1}
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+docs=docs/benchmarks
+
+copy() {  # copy(run folder, docs folder): the tables and per-image CSVs
+  mkdir -p "$2" && for f in results.csv results.md results.png per_image.csv; do
+    [ -f "$1/$f" ] && cp "$1/$f" "$2/"
+  done
+}
+
+for pair in A1 B2; do
+  echo "=== $(date +%T) $pair: buda, selftrain and source, seeds 3 4"
+  python -m monai_uda benchmark --pair $pair --data-root "$data" --methods source,buda,selftrain --seeds 3 4 \
+    --out "$out/v2_extra/${pair}_seeds34" --resume --threads "$threads" && copy "$out/v2_extra/${pair}_seeds34" "$docs/v2_extra/${pair}_seeds34"
+done
+
+echo "=== $(date +%T) demo pair under v2: source, oracle, early, st, cbst"
+demo=$(python -c "from monai_uda.data import ensure_demo_datalist; print(ensure_demo_datalist('$out/demo_pair', spatial_dims=2))" | tail -1)
+python -m monai_uda benchmark --datalist "$demo" --methods source,oracle,early,st,cbst --seeds 0 1 2 \
+  --out "$out/v2/demo" --resume --threads "$threads" && copy "$out/v2/demo" "$docs/v2/demo"
+
+echo "=== $(date +%T) A1: the early head at level 1 (refine L1 and L2), on the v2 source models"
+if [ -f "$out/v2/A1/seed0/source/model.pt" ]; then
+  python -m monai_uda benchmark --pair A1 --data-root "$data" --methods early --seeds 0 1 2 --out "$out/early_variants/A1_level1" \
+    --source-from "$out/v2/A1" --override "early:head_levels=[1]" --resume --threads "$threads" && \
+    copy "$out/early_variants/A1_level1" "$docs/early_variants/A1_level1" && \
+    python scripts/early_teacher.py "$out/early_variants/A1_level1" --datalist "$out/v2/A1/A1.json" --out "$docs/early_teacher/A1_level1"
+fi
+
+for run in "$out/v2/A1" "$out/v2/B2" "$out/v2/C1" "$out/v2/D1" "$out/v2/demo"; do
+  name=$(basename "$run")
+  if ls "$run"/seed*/early/model.pt >/dev/null 2>&1; then
+    echo "=== $(date +%T) early teacher: $name"
+    dl=$([ "$name" = demo ] && echo "$demo" || echo "$run/$name.json")
+    python scripts/early_teacher.py "$run" --datalist "$dl" --out "$docs/early_teacher/$name"
+  fi
+done
+
+if ls "$out/v2/B2"/seed*/buda/variance_model.pt >/dev/null 2>&1; then
+  echo "=== $(date +%T) BUDA-Seg variance vs errors: B2"
+  python scripts/buda_uncertainty.py "$out/v2/B2" --out "$docs/buda_uncertainty/B2"
+fi
+python scripts/fidelity_tables.py --write
