@@ -126,6 +126,8 @@ made, one job at a time, by
 bash scripts/full_benchmarks.sh               # every pair and method, seeds 0 1 2, resuming; copies to v2/<pair>/
 python scripts/budget_checks.py run           # the diminishing-returns checks (2x budgets) of protocol.md
 python scripts/protocol_tables.py --write     # the tables of protocol.md, v2/README.md and the README
+bash scripts/fidelity_runs.sh                 # extra seeds, the demo pair, early-head/variance analyses
+python scripts/fidelity_tables.py --write     # fidelity.md: each method against its paper
 ```
 
 ## Protocol v1 (superseded, kept for the record)
