@@ -90,6 +90,7 @@ PAPERS: dict[str, dict] = {
         "paper": 'Li, Toussaint, Evans and Liu, "Unsupervised domain adaptation for cerebellum segmentation" '
                  "(BUDA-Seg; no year in the paper's text)",
         "pairs": ["A1", "B2"],
+        "extra_seeds": True,  # buda vs selftrain over five seeds: EXTRA_SEEDS
         "metric": "iou",
         "figure": "Table 1 (Section 5.1), Allen Brain → BigBrain cerebellum layers, mean Dice loss ↓ and mean IoU ↑ "
                   "(%, mean ± std): BUDA-Seg 55.7 ± 0.7 / 73.22 ± 1.0; Wu et al. (MC dropout) 56.8 ± 1.1 / 70.54 ± "
@@ -194,23 +195,23 @@ def mean_std(v: pd.Series) -> str:
 
 #: more seeds of some methods of a pair, in folders under the root beside ``v2/`` (the same benchmark command with
 #: ``--seeds 3 4`` and its own source models): BUDA-Seg against self-training needs at least five seeds on two pairs.
-#: Their rows join the pair's ``v2/`` rows here only (each cell's bracket gives its seed count); the v2 tables keep
-#: seeds 0, 1 and 2.
+#: Their rows join the pair's ``v2/`` rows in the sections of PAPERS entries with ``extra_seeds`` (BUDA-Seg's) only;
+#: each cell's bracket gives its seed count. Every other table keeps seeds 0, 1 and 2.
 EXTRA_SEEDS: dict[str, list[str]] = {"A1": ["v2_extra/A1_seeds34"], "B2": ["v2_extra/B2_seeds34"]}
 
 
-def load(root: Path, pair: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """``(results, per_image)`` of ``<root>/v2/<pair>/`` with the rows of :data:`EXTRA_SEEDS` folders that exist, or
-    None when the ``v2`` files are missing. An extra folder's (method, seed) rows that the ``v2`` folder already has
-    are dropped (one row per method and seed)."""
+def load(root: Path, pair: str, extra: bool = False) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """``(results, per_image)`` of ``<root>/v2/<pair>/`` (with ``extra``, plus the rows of the :data:`EXTRA_SEEDS`
+    folders that exist), or None when the ``v2`` files are missing. An extra folder's (method, seed) rows that the
+    ``v2`` folder already has are dropped (one row per method and seed)."""
     d = Path(root) / "v2" / pair
     rp, ip = d / "results.csv", d / "per_image.csv"
     if not (rp.is_file() and ip.is_file()):
         return None
     results, per_image = [pd.read_csv(rp)], [pd.read_csv(ip)]
     have = set(zip(results[0].method, results[0].seed))
-    for extra in EXTRA_SEEDS.get(pair, []):
-        e = Path(root) / extra
+    for folder in EXTRA_SEEDS.get(pair, []) if extra else []:
+        e = Path(root) / folder
         if (e / "results.csv").is_file() and (e / "per_image.csv").is_file():
             r, i = pd.read_csv(e / "results.csv"), pd.read_csv(e / "per_image.csv")
             results.append(r[[k not in have for k in zip(r.method, r.seed)]])
@@ -281,7 +282,7 @@ def method_table(entry: dict, root: Path = ROOT) -> str:
     lines = ["| pair | method | metric | source | this method | oracle | vs source (paired Wilcoxon, per image) | "
              "paper's figure |", "|---|---|---|---|---|---|---|---|"]
     for pair in entry["pairs"]:
-        data = load(root, pair)
+        data = load(root, pair, extra=entry.get("extra_seeds", False))
         for m, (name, fig, _) in entry["methods"].items():
             for i, metric in enumerate(metrics):
                 if data is None:
@@ -305,7 +306,7 @@ def verdicts(entry: dict, root: Path = ROOT, reasons: dict | None = None) -> str
     reasons = REASONS if reasons is None else reasons
     out = []
     for pair in entry["pairs"]:
-        data = load(root, pair)
+        data = load(root, pair, extra=entry.get("extra_seeds", False))
         for m, (_, _, claim) in entry["methods"].items():
             s = verdict(data, m, claim, reasons.get((m, pair), ""), entry.get("metric"))
             out.append(f"- **{pair}, `{m}`**: {s}")
@@ -323,7 +324,7 @@ def versus_table(entry: dict, root: Path = ROOT, reasons: dict | None = None) ->
     lines = ["| pair | comparison | paper's figure | measured: method − baseline (paired Wilcoxon, Dice) |",
              "|---|---|---|---|"]
     for pair in entry["pairs"]:
-        data = load(root, pair)
+        data = load(root, pair, extra=entry.get("extra_seeds", False))
         for m, base, fig, claim in entry["versus"]:
             if not (_ran(data, m) and _ran(data, base)):
                 cell = NOT_RUN
@@ -362,9 +363,9 @@ vs source: the paired two-sided Wilcoxon signed-rank test on per-image scores ov
 paper used IoU or surface Dice, a second row gives that metric. The papers' datasets differ from the benchmark
 pairs (and their figures are mostly single runs without a test), so the comparison is of direction and size, not
 of equal numbers. A pair without rows reads "not run yet under protocol v2": the benchmark queue is still
-filling `v2/`. BUDA-Seg, self-training and their source models also have seeds 3 and 4 on A1 and B2 (`v2_extra/`,
-`scripts/fidelity_runs.sh`), so that `buda` against `selftrain` is paired over five seeds; the bracket
-after each mean gives its seed count. The demo pair (`v2/demo/`) is the package's simulated scanner shift.
+filling `v2/`. The BUDA-Seg section adds seeds 3 and 4 of `buda`, `selftrain` and their source model on A1 and
+B2 where they have run (`v2_extra/`, `scripts/fidelity_runs.sh`), so that `buda` against `selftrain` is paired over
+five seeds; the bracket after each mean gives its seed count. The demo pair (`v2/demo/`) is the package's simulated scanner shift.
 The runs beyond the v2 benchmark (extra seeds, the demo pair, the early-head and variance analyses) are made by
 `bash scripts/fidelity_runs.sh`. Generated from the CSVs by
 

@@ -3,10 +3,10 @@
 One source of truth for ``scripts/full_benchmarks.sh`` (which runs :func:`schedule` stage by stage) and for the
 cost table of ``scripts/protocol_tables.py`` (which sums :func:`plan` per pair). Methods come in families; a pair
 runs the families that apply to it (the pixel-alignment family needs an intensity shift between modalities or
-stains: C1 and D1; shallow-to-deep is 2D microscopy: A1, B2 and C1). Stage ``k`` of a pair runs its first ``k``
-families (each stage resumes the previous one, so every stage adds only its new methods); the last stage adds
-:data:`LAST`: ``mcdropout``, then ``selected``, which picks among the seed's models and so must run after all of
-them.
+stains: C1 and D1; shallow-to-deep is 2D microscopy: A1, B2 and C1). Stage ``k`` runs each pair's first ``k``
+families, pairs in turn (so D1's third family, pixel alignment, runs at stage 3, before C1's fourth); each stage
+resumes the previous one, so every stage adds only its new methods. The last stage adds :data:`LAST` per pair:
+``mcdropout``, then ``selected``, which picks among the seed's models and so must run after all of them.
 
     python -m monai_uda.benchmarks.plan          # one line per stage: PAIR METHOD,METHOD,...
 """

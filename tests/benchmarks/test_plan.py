@@ -35,3 +35,14 @@ def test_the_shell_script_reads_one_line_per_stage():
     out = subprocess.run([sys.executable, "-m", "monai_uda.benchmarks.plan"], capture_output=True, text=True, check=True)
     lines = [ln.split(" ") for ln in out.stdout.strip().splitlines()]
     assert [(p, m.split(",")) for p, m in lines] == schedule()
+
+
+def test_the_stage_order():
+    """Stage k runs each pair's first k families (A1, B2, C1, D1 in turn): D1's third family (pixel alignment) comes
+    at stage 3, before C1's fourth; then every pair's whole plan."""
+    got = [(pair, methods[-1]) for pair, methods in schedule()]
+    assert got == [("A1", "bn_reset"), ("B2", "bn_reset"), ("C1", "bn_reset"), ("D1", "bn_reset"),
+                   ("A1", "early"), ("B2", "early"), ("C1", "early"), ("D1", "early"),
+                   ("A1", "s2d_norect"), ("B2", "s2d_norect"), ("C1", "s2d_norect"), ("D1", "histmatch"),
+                   ("C1", "histmatch"),
+                   ("A1", "selected"), ("B2", "selected"), ("C1", "selected"), ("D1", "selected")]

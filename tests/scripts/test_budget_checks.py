@@ -58,10 +58,14 @@ def test_run_reuses_the_v2_source_models_and_stages(tmp_path, monkeypatch):
 
     monkeypatch.setattr(budget_checks.subprocess, "run", fake_run)
     checks = {c.name: c for c in budget_checks.CHECKS}
-    budget_checks.run(checks["s2d_net"], "data", repo / "results" / "budget", threads=1)
+    budget_checks.run(checks["s2d_net"], "data", repo / "results" / "budget", threads=1)  # done (its 2x rows named)
+    assert calls == []
+    net = budget_checks.Check("s2d_net_x", "A1", "s2d", "", "", "", {"max_epochs": 24}, reuse=("s2d_common",),
+                              needs_source=False)
+    budget_checks.run(net, "data", repo / "results" / "budget", threads=1)
     budget_checks.run(checks["buda_rounds"], "data", repo / "results" / "budget", threads=1)
     s2d, buda = calls
-    assert (repo / "results" / "budget" / "s2d_net" / "seed2" / "s2d_common" / "facts.json").is_file()
+    assert (repo / "results" / "budget" / "s2d_net_x" / "seed2" / "s2d_common" / "facts.json").is_file()
     assert "--source-from" not in s2d and "s2d:max_epochs=24" in s2d
     assert s2d[s2d.index("--methods") + 1] == "s2d" and s2d[s2d.index("--seeds") + 1:][:3] == ["0", "1", "2"]
     assert buda[buda.index("--source-from") + 1] == str(repo / "results" / "v2" / "A1")

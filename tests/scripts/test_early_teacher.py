@@ -57,3 +57,24 @@ def test_head_settings_are_read_from_the_checkpoint():
         seg = EarlyFeaturesSegmentor(UDAUNet(spatial_dims=2, in_channels=1, out_channels=2), levels=levels,
                                      hidden_channels=hidden)
         assert early_teacher.head_settings(seg.state_dict()) == (list(levels), hidden)
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_one_line_error_naming_it(tmp_path, tiny_demo_2d):
+    import pytest
+
+    run = _run(tmp_path, tiny_demo_2d, lambda net: None)
+    bad = run / "seed0" / "early" / "model.pt"
+    torch.save({"conv_0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match=f"^{bad} does not fit the segmentor of .*head_model.pt: "):
+        early_teacher.seed_rows(run, 0, 32, Path(tiny_demo_2d))
+    torch.save({"network.x": torch.zeros(1)}, run / "seed0" / "early" / "head_model.pt")
+    with pytest.raises(ValueError, match="head_model.pt is not an early-features segmentor checkpoint"):
+        early_teacher.seed_rows(run, 0, 32, Path(tiny_demo_2d))
+
+
+def test_two_heads_are_refused(tmp_path, tiny_demo_2d):
+    import pytest
+
+    run = _run(tmp_path, tiny_demo_2d, lambda net: None, levels=(0, 1))
+    with pytest.raises(ValueError, match=r"has heads at levels \[0, 1\]"):
+        early_teacher.seed_rows(run, 0, 32, Path(tiny_demo_2d))

@@ -97,7 +97,8 @@ def test_extra_seeds_join_the_pair_for_the_comparisons(tmp_path):
     for name in ("results.csv", "per_image.csv"):  # ... of which 0-2 clash with the v2 rows and are dropped
         (tmp_path / "v2_extra" / "A1_seeds34").mkdir(parents=True, exist_ok=True)
         (extra / "v2" / "A1" / name).rename(tmp_path / "v2_extra" / "A1_seeds34" / name)
-    results, per_image = ft.load(tmp_path, "A1")
+    assert sorted(ft.load(tmp_path, "A1")[0].query("method == 'buda'").seed) == [0, 1, 2]  # only where asked
+    results, per_image = ft.load(tmp_path, "A1", extra=True)
     assert sorted(results[results.method == "buda"].seed) == [0, 1, 2, 3, 4]
     assert sorted(results[results.method == "oracle"].seed) == [0, 1, 2]
     assert len(per_image[per_image.method == "buda"]) == 5 * 8
@@ -105,6 +106,7 @@ def test_extra_seeds_join_the_pair_for_the_comparisons(tmp_path):
     kept = results[(results.method == "buda") & (results.seed < 3)].dice.to_numpy()
     assert np.allclose(kept, v2[v2.method == "buda"].dice.to_numpy())  # the v2 rows win a clash
     assert "40 pairs" in ft.versus_table(ft.PAPERS["buda"], tmp_path)  # buda vs selftrain over seeds 0-4
+    assert "(5)" in ft.method_table(ft.PAPERS["buda"], tmp_path) and "(5)" not in ft.method_table(ft.PAPERS["bn"], tmp_path)
 
 
 def test_a_comparison_unlike_the_paper_gets_its_measured_reason(tmp_path):

@@ -296,7 +296,7 @@ def train_scribble_forest(
     images,
     scribbles,
     features: PixelFeatures | None = None,
-    n_estimators: int = 100,
+    n_estimators: int = 10,
     max_depth: int | None = None,
     seed: int = 0,
     n_jobs: int = -1,
@@ -310,7 +310,9 @@ def train_scribble_forest(
             scribble are skipped (their features are not even computed).
         scribbles: matching scribble maps (arrays or label files, e.g. MONAI Label's saved scribbles).
         features: the feature transform (default: ilastik set).
-        n_estimators: trees (ilastik uses 100).
+        n_estimators: trees; as many as each source forest (``train_source_forests``' default, 10), because the
+            Prediction Enhancer learned on those forests' maps: a 100-tree forest (ilastik's default) gives a less
+            certain map that it over-segments (``docs/benchmarks/s2d_diagnosis/``).
         max_depth, forest_kwargs: passed to ``RandomForestClassifier``.
         seed: forest random state.
         n_jobs: threads for the per-image features and cores for fitting the trees (``-1`` = all).

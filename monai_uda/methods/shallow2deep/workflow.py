@@ -290,12 +290,13 @@ def scribble_items(
 
 
 def ensure_target_forest(
-    path: str, items: Sequence[Mapping], features: Mapping | PixelFeatures | None = None, n_estimators: int = 100,
+    path: str, items: Sequence[Mapping], features: Mapping | PixelFeatures | None = None, n_estimators: int = 10,
     seed: int = 0, n_jobs: int = 1, overwrite: bool = True, info: dict | None = None,
 ) -> str:
     """Train the target forest on the scribbled pixels only and save it (with its features) atomically.
 
-    ``info`` (e.g. from :func:`scribble_items`) receives ``target_forest_features_s`` / ``target_forest_fit_s``.
+    ``n_estimators``: as many trees as each source forest (see :func:`train_scribble_forest`). ``info`` (e.g. from
+    :func:`scribble_items`) receives ``target_forest_features_s`` / ``target_forest_fit_s``.
     """
     if os.path.isfile(path) and not overwrite:
         return path
