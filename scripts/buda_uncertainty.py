@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="a benchmark folder that ran buda (and selftrain)")
     p.add_argument("--out", type=Path, default=None, help="write uncertainty.csv and round_losses.csv here")
-    p.add_argument("--roi", type=int, default=128, help="sliding-window side (the benchmark's crop)")
+    p.add_argument("--roi", type=int, default=None, help="sliding-window side (default: the benchmark's full-mode crop)")
     p.add_argument("--datalist", type=Path, default=None,
                    help="the pair's datalist (default: the run's <pair>.json, or data/*.json of a demo run)")
     a = p.parse_args()
@@ -85,7 +85,11 @@ def main() -> None:
     seeds = sorted(int(d.parent.parent.name[4:]) for d in a.run.glob("seed*/buda/variance_model.pt"))
     if not seeds:
         raise SystemExit(f"{a.run}: no seed*/buda/variance_model.pt (run the benchmark with --methods buda)")
-    unc = pd.DataFrame([seed_rows(a.run, s, a.roi, datalist) for s in seeds])
+    from monai_uda.benchmarks.runner import budget_for
+    from monai_uda.data import UDAData
+
+    roi = a.roi or int(budget_for("full", UDAData(str(datalist)).spatial_dims)["roi_size"][0])
+    unc = pd.DataFrame([seed_rows(a.run, s, roi, datalist) for s in seeds])
     rounds = round_losses(a.run)
     print(unc.drop(columns="variance_bin_error_rate").to_string(index=False))
     print(f"AUROC of the variance for wrong pixels: {unc.auroc_variance.mean():.3f} ± {unc.auroc_variance.std(ddof=0):.3f}"

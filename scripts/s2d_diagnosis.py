@@ -1,5 +1,6 @@
 """Why does the shallow-to-deep Prediction Enhancer (PE) make the A1 target forest worse? Diagnosis on the
 finished benchmark's own artifacts (results/v2/A1/seed{k}/s2d_common: source forests, target forest, enhancer),
+made with the former 100-tree target forest (before commit 491282e; the script refuses a run with another count),
 with the package's own functions (``loaded_items``, ``ForestEnhancerNet``, ``predict_foreground``,
 ``scribble_items``, ``train_scribble_forest``); nothing is retrained except the extra forests of E1b/E3.
 
@@ -28,7 +29,7 @@ One torch thread, forests with n_jobs=1. Writes ``<out>/results.csv`` (one row p
 image[, forest]) and ``<out>/README.md`` (mean +- std over seeds of the per-seed image means; timings).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python scripts/s2d_diagnosis.py \\
-        --run results/v2/A1 --seeds 0 1 2 --out docs/benchmarks/s2d_diagnosis --scratch /work/scratch_s2d
+        --run results/v2/A1 --seeds 0 1 2 --out docs/benchmarks/s2d_diagnosis --scratch results/s2d_diagnosis_scratch
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ def main():
     ap.add_argument("--run", default="results/v2/A1")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="docs/benchmarks/s2d_diagnosis")
-    ap.add_argument("--scratch", default="/work/scratch_s2d")
+    ap.add_argument("--scratch", default="results/s2d_diagnosis_scratch")
     ap.add_argument("--k-single", type=int, default=8, help="E1: single source forests drawn per source image")
     ap.add_argument("--n-avg", type=int, default=100, help="E1: source forests averaged for src_avg")
     ap.add_argument("--dense-pixels", type=int, default=40000, help="E3: labelled pixels of the dense forests")
@@ -186,6 +187,9 @@ def main():
     for seed in args.seeds:
         common = os.path.join(args.run, f"seed{seed}", "s2d_common")
         facts = json.load(open(os.path.join(common, "facts.json")))
+        if facts.get("target_forest_trees", 100) != 100:  # its experiments and README compare against 100 trees
+            raise SystemExit(f"{common}: target forest of {facts['target_forest_trees']} trees; this diagnosis "
+                             "documents the run with the former 100-tree target forest (before commit 491282e)")
         tf_path = os.path.join(common, "target_forest.joblib")
         enh_path = os.path.join(common, "enhancer.pt")
         net = ForestEnhancerNet(tf_path, UDAUNet(spatial_dims=2, in_channels=1, out_channels=2), enh_path).eval()
