@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from budget_checks import mean_std  # this folder: the format of every protocol table
 
 from monai_uda.evaluation.significance import paired_test
 
@@ -186,11 +187,6 @@ VERSUS_REASONS: dict[tuple[str, str, str], str] = {
 
 #: the verdict of a (method, pair) without rows
 NOT_RUN = "not run yet under protocol v2"
-
-
-def mean_std(v: pd.Series) -> str:
-    """``mean ± std`` (population std) with three decimals, as ``scripts/budget_checks.py: mean_std``."""
-    return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
 
 
 #: more seeds of some methods of a pair, in folders under the root beside ``v2/`` (the same benchmark command with

@@ -49,6 +49,7 @@ from monai_uda.methods.shallow2deep.forests import (  # noqa: E402
     load_forests, predict_foreground, save_forests, train_scribble_forest)
 from monai_uda.methods.shallow2deep.workflow import ForestEnhancerNet, loaded_items, scribble_items  # noqa: E402
 from monai_uda.networks import UDAUNet  # noqa: E402
+from monai_uda.utils import atomic_write_text  # noqa: E402
 
 TIMES: dict[str, float] = {}
 
@@ -300,12 +301,12 @@ def main():
                                         experiment="E2" if variant.endswith("10trees") else "E3", variant=variant,
                                         split="target_test", image=d["name"], forest_trees=trees,
                                         train_pixels=n_train))
-        pd.DataFrame(rows).to_csv(os.path.join(args.out, "results.csv"), index=False)  # partial results per seed
+        atomic_write_text(os.path.join(args.out, "results.csv"), pd.DataFrame(rows).to_csv(index=False))  # per seed
 
     df = pd.DataFrame(rows)
-    df.to_csv(os.path.join(args.out, "results.csv"), index=False)
+    atomic_write_text(os.path.join(args.out, "results.csv"), df.to_csv(index=False))
     TIMES["total"] = time.process_time() - t_all
-    write_readme(df, args, bench)
+    write_readme(df, args)
     print(f"[time] total cpu {TIMES['total']:.0f} s", flush=True)
 
 
@@ -320,7 +321,7 @@ def _n(v) -> str:
     return f"{v:.0f}" if pd.notna(v) else ""
 
 
-def write_readme(df: pd.DataFrame, args, bench: pd.DataFrame):
+def write_readme(df: pd.DataFrame, args):
     from scipy.stats import wilcoxon
 
     e0 = df[df.experiment == "E0"]
@@ -413,8 +414,7 @@ def write_readme(df: pd.DataFrame, args, bench: pd.DataFrame):
     lines += ["", "CPU seconds per step (process time):", ""]
     lines += [f"- {k}: {v:.0f}" for k, v in TIMES.items()]
     lines += ["", "Per (seed, experiment, variant, image[, forest]) rows: `results.csv`."]
-    with open(os.path.join(args.out, "README.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(args.out, "README.md"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
