@@ -161,8 +161,8 @@ REASONS: dict[tuple[str, str], str] = {
 }
 _S2D_A1 = (
     "the Prediction Enhancer is weak even in its own domain: fed single source forests' maps of the source "
-    "validation images (what it learned on) it reaches 0.645 ± 0.070 Dice, where the source network reaches "
-    "0.901 ± 0.006 (the paper's PE comes within 0.05 of its target net). On the target its input is the brushstroke "
+    "validation images (what it learned on) it reaches 0.645 ± 0.057 Dice, where the source network reaches "
+    "0.901 ± 0.005 (the paper's PE comes within 0.05 of its target net). On the target its input is the brushstroke "
     "forest's map (0.460) and it gives 0.503, below the source network's 0.531. With the former 100-tree target "
     "forest, 4x or 16x the simulated strokes did not lift it above source (0.504, 0.494) and a forest from dense "
     "labels did (0.589, +0.058, p 0.007) ([s2d_diagnosis](s2d_diagnosis/), seeds 0 1 2)")
