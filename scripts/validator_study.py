@@ -8,7 +8,11 @@ rows (``docs/benchmarks/v2/<pair>/results.csv``: the true target-test Dice of ev
   candidates of the pair (the validators are computed on the same target_training images for every seed);
 - for the default rule and the baselines (always source, always ``bn``, a random candidate (expected value),
   the oracle choice), per pair: the mean over seeds of the regret (best candidate's true Dice minus the chosen
-  one's) and how often the choice was worse than source by more than 2 Dice points.
+  one's) and how often the choice was worse than source by more than 2 Dice points;
+- the verdict an adaptation bundle records beside its checkpoint (``model.validators.json``: the default rule over
+  the adapted model and the source model only, :func:`monai_uda.validators.select` on those two rows of the same
+  scores), per pair: how often it is right about "the adapted model beats the source model", and what a user who
+  follows it gets against one who always keeps the adapted model.
 
     python scripts/validator_study.py                 # print the tables
     python scripts/validator_study.py --write         # and put them into docs/selection.md
@@ -99,6 +103,41 @@ def regret_table(data: dict[str, pd.DataFrame]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _points(x: float) -> str:
+    """A Dice difference in points, signed, one decimal (never "-0.0")."""
+    return f"{round(100 * float(x), 1) + 0.0:+.1f} pts"
+
+
+def pairwise_table(data: dict[str, pd.DataFrame]) -> str:
+    """The two-model verdict of ``record_validator_scores`` for every (method, seed): right or wrong, and its worth."""
+    from monai_uda.validators import select
+
+    lines = ["| pair | adapted models | verdict right | says adapted, 2+ pts worse than source | says source, 2+ pts "
+             "better than source | follow the verdict: Dice − source | always adapted: Dice − source |",
+             "|---|---|---|---|---|---|---|"]
+    for pair, df in data.items():
+        right = bad_keep = bad_adapt = 0
+        follow, always = [], []
+        for seed, g in df.dropna(subset=["dice"]).groupby("seed"):
+            src = g[g.candidate == "source"]
+            for _, row in g[g.candidate != "source"].iterrows():
+                two = pd.concat([src, row.to_frame().T]).set_index("candidate")
+                two = two[[c for c in two.columns if c not in ("rule_score", "chosen", "checkpoint", "seed")]]
+                chosen, _ = select(two.apply(pd.to_numeric, errors="coerce"), "default", source_name="source")
+                gain = float(row.dice) - float(src.dice.iloc[0])
+                right += int((chosen != "source") == (gain > 0))
+                bad_adapt += int(chosen != "source" and gain < -0.02)
+                bad_keep += int(chosen == "source" and gain > 0.02)
+                follow.append(gain if chosen != "source" else 0.0)
+                always.append(gain)
+        n = len(always)
+        if not n:
+            continue
+        lines.append(f"| {pair} | {n} | {right} ({100 * right / n:.0f} %) | {bad_adapt} | {bad_keep} | "
+                     f"{_points(np.mean(follow))} | {_points(np.mean(always))} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--write", action="store_true", help="update docs/selection.md between its markers")
@@ -106,7 +145,8 @@ def main() -> None:
     data = load()
     if not data:
         sys.exit("no selection tables under docs/benchmarks/selection/<pair>/seed<k>/ (run monai-uda select first)")
-    blocks = {"validator-correlation": correlation_table(data), "selection-regret": regret_table(data)}
+    blocks = {"validator-correlation": correlation_table(data), "selection-regret": regret_table(data),
+              "pairwise-verdict": pairwise_table(data)}
     for name, text in blocks.items():
         print(text)
     if a.write:

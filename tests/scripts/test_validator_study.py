@@ -31,3 +31,19 @@ def test_correlation_and_regret_against_the_true_dice(tmp_path):
     assert cells[3] == "15.0"  # (0 + 30) / 2 points
     assert cells[4] == "1"  # seed 1's pick is more than 2 points below source
     assert cells[5] == "20.0" and cells[6] == "10.0"  # always source, always bn
+
+
+def test_pairwise_verdict_counts_right_and_wrong_calls_and_what_following_it_gives(tmp_path):
+    true = {"source": 0.50, "bn": 0.60, "st": 0.40, "selftrain": 0.70, "cbst": 0.30}
+    im = {"source": 0.5, "bn": 0.6, "st": 0.45, "selftrain": 0.3, "cbst": 0.9}  # right, right, wrong, wrong
+    v2 = tmp_path / "v2" / "A1"
+    v2.mkdir(parents=True)
+    pd.DataFrame([{"method": m, "seed": 0, "dice": d} for m, d in true.items()]).to_csv(v2 / "results.csv", index=False)
+    d = tmp_path / "selection" / "A1" / "seed0"
+    d.mkdir(parents=True)
+    pd.DataFrame([{"candidate": c, "im": v, "rule_score": v, "chosen": False} for c, v in im.items()]).to_csv(
+        d / "selection.csv", index=False)
+    row = next(x for x in validator_study.pairwise_table(validator_study.load(tmp_path)).splitlines()
+               if x.startswith("| A1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == ["4", "2 (50 %)", "1", "1", "-2.5 pts", "+0.0 pts"]  # follow: (10 + 0 + 0 - 20) / 4
