@@ -162,7 +162,24 @@ def main():
     ap.add_argument("--dense-pixels", type=int, default=40000, help="E3: labelled pixels of the dense forests")
     ap.add_argument("--variants", nargs="+",
                     default=["target_x1_10trees", "target_x4", "target_x16", "target_dense", "target_dense_bal"])
+    ap.add_argument("--readme-only", action="store_true",
+                    help="rebuild <out>/README.md from <out>/results.csv (and its CPU-seconds lines) without running")
     args = ap.parse_args()
+    if args.readme_only:
+        readme = os.path.join(args.out, "README.md")
+        old = open(readme).read().splitlines() if os.path.isfile(readme) else []
+        for line in old[old.index("CPU seconds per step (process time):") + 2:] if old.count(
+                "CPU seconds per step (process time):") else []:
+            if not line.startswith("- "):
+                break
+            name, secs = line[2:].rsplit(": ", 1)
+            TIMES[name] = float(secs)
+        for line in old:  # the command as it was run
+            if line.strip().startswith("OMP_NUM_THREADS=") and "--scratch " in line:
+                args.scratch = line.split("--scratch ", 1)[1].split()[0]
+        write_readme(pd.read_csv(os.path.join(args.out, "results.csv")), args)
+        print(f"rebuilt {readme} from {os.path.join(args.out, 'results.csv')}")
+        return
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.scratch, exist_ok=True)
     t_all = time.process_time()
@@ -314,7 +331,7 @@ def _ms(v: pd.Series, nd: int = 3) -> str:
     v = v.dropna()
     if v.empty:
         return ""
-    return f"{v.mean():.{nd}f} ± {v.std(ddof=1):.{nd}f}" if len(v) > 1 else f"{v.mean():.{nd}f}"
+    return f"{v.mean():.{nd}f} ± {v.std(ddof=0):.{nd}f}" if len(v) > 1 else f"{v.mean():.{nd}f}"  # population std
 
 
 def _n(v) -> str:
@@ -342,6 +359,10 @@ def write_readme(df: pd.DataFrame, args):
         "",
         "Made by `scripts/s2d_diagnosis.py` (its docstring says what each experiment measures) on the finished "
         f"benchmark's artifacts in `{args.run}` (seeds {' '.join(map(str, args.seeds))}); CPU, one torch thread.",
+        "",
+        "Made on the A1 v2 run with the former 100-tree target forest (before commit 491282e, which set the target "
+        "forest to 10 trees because of this diagnosis); the A1 rows have since been rerun on 10 trees "
+        "(`docs/benchmarks/v2/A1/`).",
         "",
         "    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python scripts/s2d_diagnosis.py --run " + args.run + " --seeds "
         + " ".join(map(str, args.seeds)) + f" --out {args.out} --scratch {args.scratch}",
