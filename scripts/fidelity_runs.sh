@@ -5,22 +5,32 @@
 #   - BUDA-Seg against self-training over five seeds: seeds 3 and 4 of buda, selftrain and their source model on
 #     A1 and B2 (v2_extra/<pair>_seeds34/; seeds 0-2 are the v2 rows)
 #   - the demo pair (the package's simulated scanner shift, the one nearest to the early-features paper's
-#     Calgary-Campinas) under v2: source, oracle, early, st, cbst (v2/demo/)
+#     Calgary-Campinas) under v2: source, oracle, early, st, cbst, and bn / bn_reset (do target BatchNorm statistics
+#     alone explain early's gain?) (v2/demo/)
 #   - whether the final output is the better teacher for the early head (early_teacher/<pair>/), on every pair
 #     whose v2 run has `early` rows, and the early head at level 1 on A1 (early_variants/A1_level1/)
 #   - BUDA-Seg's variance map against the errors (buda_uncertainty/<pair>/) on B2 once it has buda rows
 #
 #   bash scripts/fidelity_runs.sh [OUT_ROOT]        (default results; ../shared/data or $MONAI_UDA_DATA)
 #
-# One job per machine, one torch thread by default (MONAI_UDA_THREADS), as full_benchmarks.sh. The level-1 variant
-# needs A1's v2 source models; the early-teacher and variance analyses run on the v2 folders that have the rows.
+# One job per machine, one torch thread by default (MONAI_UDA_THREADS), as full_benchmarks.sh; a folder with finished
+# rows (here or committed) keeps their thread count (scripts/pair_threads.py), and a new machine continues from the
+# committed rows. The level-1 variant needs A1's v2 source models; the early-teacher and variance analyses run on the
+# v2 folders that have the rows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-results}
 data=${MONAI_UDA_DATA:-../shared/data}
-threads=${MONAI_UDA_THREADS:-1}
-export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+default_threads=${MONAI_UDA_THREADS:-1}
 docs=docs/benchmarks
+
+prepare() {  # prepare(run folder, docs folder): continue from the committed rows; set the folder's thread count
+  if [ ! -f "$1/results.csv" ] && [ -f "$2/results.csv" ]; then
+    mkdir -p "$1" && cp "$2/results.csv" "$2/per_image.csv" "$1/"
+  fi
+  threads=$(python scripts/pair_threads.py "$1" "$2" --default "$default_threads") || return 1
+  export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+}
 
 copy() {  # copy(run folder, docs folder): the tables and per-image CSVs
   mkdir -p "$2" && for f in results.csv results.md results.png per_image.csv; do
@@ -30,17 +40,20 @@ copy() {  # copy(run folder, docs folder): the tables and per-image CSVs
 
 for pair in A1 B2; do
   echo "=== $(date +%T) $pair: buda, selftrain and source, seeds 3 4"
+  prepare "$out/v2_extra/${pair}_seeds34" "$docs/v2_extra/${pair}_seeds34" || continue
   python -m monai_uda benchmark --pair $pair --data-root "$data" --methods source,buda,selftrain --seeds 3 4 \
     --out "$out/v2_extra/${pair}_seeds34" --resume --threads "$threads" && copy "$out/v2_extra/${pair}_seeds34" "$docs/v2_extra/${pair}_seeds34"
 done
 
-echo "=== $(date +%T) demo pair under v2: source, oracle, early, st, cbst"
+echo "=== $(date +%T) demo pair under v2: source, oracle, early, st, cbst, bn, bn_reset"
 demo=$(python -c "from monai_uda.data import ensure_demo_datalist; print(ensure_demo_datalist('$out/demo_pair', spatial_dims=2))" | tail -1)
-python -m monai_uda benchmark --datalist "$demo" --methods source,oracle,early,st,cbst --seeds 0 1 2 \
+prepare "$out/v2/demo" "$docs/v2/demo" && \
+python -m monai_uda benchmark --datalist "$demo" --methods source,oracle,early,st,cbst,bn,bn_reset --seeds 0 1 2 \
   --out "$out/v2/demo" --resume --threads "$threads" && copy "$out/v2/demo" "$docs/v2/demo"
 
 echo "=== $(date +%T) A1: the early head at level 1 (refine L1 and L2), on the v2 source models"
-if [ -f "$out/v2/A1/seed0/source/model.pt" ]; then
+if [ -f "$out/v2/A1/seed0/source/model.pt" ] && prepare "$out/early_variants/A1_level1" "$docs/early_variants/A1_level1"
+then
   python -m monai_uda benchmark --pair A1 --data-root "$data" --methods early --seeds 0 1 2 --out "$out/early_variants/A1_level1" \
     --source-from "$out/v2/A1" --override "early:head_levels=[1]" --resume --threads "$threads" && \
     copy "$out/early_variants/A1_level1" "$docs/early_variants/A1_level1" && \

@@ -4,7 +4,8 @@
 # kept), so an interrupted run continues where it stopped. After each stage the pair's tables and CSVs are
 # copied to docs/benchmarks/v2/<pair>/ (commit them as they come, so another machine can continue).
 #
-#   bash scripts/full_benchmarks.sh [OUT_ROOT]        (default results/v2; ../shared/data or $MONAI_UDA_DATA)
+#   MONAI_UDA_THREADS=2 bash scripts/full_benchmarks.sh [OUT_ROOT]   (default results/v2; ../shared/data or
+#                                                                    $MONAI_UDA_DATA)
 #
 # One job per machine: it sets one torch thread per core it may use (MONAI_UDA_THREADS, default 1 so that
 # a second core stays free for other work; the rows record the thread count). A pair that has finished rows keeps
@@ -14,24 +15,10 @@ cd "$(dirname "$0")/.."
 out=${1:-results/v2}
 data=${MONAI_UDA_DATA:-../shared/data}
 default_threads=${MONAI_UDA_THREADS:-1}
-pair_threads() {  # the thread count of the pair's finished rows, else the default
-  python - "$1" "$default_threads" <<'PY'
-import sys, pandas as pd
-for f in (f"{sys.argv[1]}/results.csv", f"docs/benchmarks/v2/{sys.argv[1].rsplit('/', 1)[-1]}/results.csv"):
-    try:
-        t = pd.read_csv(f)["threads"].dropna()
-    except (OSError, KeyError, pd.errors.EmptyDataError):
-        continue
-    if len(t):
-        print(int(t.mode().iloc[0]))
-        sys.exit()
-print(sys.argv[2])
-PY
-}
 run() {
   local pair=$1 methods=$2
   local threads
-  threads=$(pair_threads "$out/$pair")
+  threads=$(python scripts/pair_threads.py "$out/$pair" "docs/benchmarks/v2/$pair" --default "$default_threads") || return 1
   export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
   echo "=== $(date +%T) $pair: $methods (threads $threads)"
   # a new machine continues from the committed rows (a seed's source model is retrained, deterministically,

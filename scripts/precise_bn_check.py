@@ -4,7 +4,7 @@ over 128^2 windows of them (docs/benchmarks/precise_bn_check/README.md).
 
     python scripts/precise_bn_check.py RUN MODEL SPLIT     # e.g. results/v2/A1 seed0/oracle oracle_training
 """
-import copy, json, os, sys, tempfile
+import os, sys, tempfile
 import torch
 torch.set_num_threads(1)
 from monai_uda.bundle import run_bundle

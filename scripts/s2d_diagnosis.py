@@ -174,9 +174,11 @@ def main():
                 break
             name, secs = line[2:].rsplit(": ", 1)
             TIMES[name] = float(secs)
-        for line in old:  # the command as it was run
-            if line.strip().startswith("OMP_NUM_THREADS=") and "--scratch " in line:
-                args.scratch = line.split("--scratch ", 1)[1].split()[0]
+        for line in old:  # the command as it was run (--run, --seeds, --k-single, --n-avg, --scratch...)
+            if line.strip().startswith("OMP_NUM_THREADS=") and "s2d_diagnosis.py" in line:
+                ran = ap.parse_args(line.split("s2d_diagnosis.py", 1)[1].split())
+                ran.out, ran.readme_only = args.out, True
+                args = ran
         write_readme(pd.read_csv(os.path.join(args.out, "results.csv")), args)
         print(f"rebuilt {readme} from {os.path.join(args.out, 'results.csv')}")
         return

@@ -11,8 +11,10 @@ rows (``docs/benchmarks/v2/<pair>/results.csv``: the true target-test Dice of ev
   one's) and how often the choice was worse than source by more than 2 Dice points;
 - the verdict an adaptation bundle records beside its checkpoint (``model.validators.json``: the default rule over
   the adapted model and the source model only, :func:`monai_uda.validators.select` on those two rows of the same
-  scores), per pair: how often it is right about "the adapted model beats the source model", and what a user who
-  follows it gets against one who always keeps the adapted model.
+  scores), per pair over the methods whose bundles record one (:data:`BUNDLE_VERDICT`): how often it is right about
+  "the adapted model beats the source model" (beside always saying "adapted"), and what a user who follows it gets
+  against one who always keeps the adapted model. The bundles score the first 32 target_training images; every
+  pair here has at most 16, so the table is their verdict.
 
     python scripts/validator_study.py                 # print the tables
     python scripts/validator_study.py --write         # and put them into docs/selection.md
@@ -108,24 +110,37 @@ def _points(x: float) -> str:
     return f"{round(100 * float(x), 1) + 0.0:+.1f} pts"
 
 
-def pairwise_table(data: dict[str, pd.DataFrame]) -> str:
-    """The two-model verdict of ``record_validator_scores`` for every (method, seed): right or wrong, and its worth."""
-    from monai_uda.validators import select
+#: the benchmark methods whose bundle run records a verdict (``model.validators.json`` with a source model): not the
+#: ``bn_source`` control, not the shallow-to-deep family (no source network in its bundle), not ``fda``/``histmatch``
+#: (the source bundle trained on translated images)
+BUNDLE_VERDICT = ("bn", "bn_reset", "early", "st", "cbst", "buda", "selftrain", "mcdropout", "past")
 
-    lines = ["| pair | adapted models | verdict right | says adapted, 2+ pts worse than source | says source, 2+ pts "
-             "better than source | follow the verdict: Dice − source | always adapted: Dice − source |",
-             "|---|---|---|---|---|---|---|"]
+
+def pairwise_table(data: dict[str, pd.DataFrame], methods: tuple[str, ...] = BUNDLE_VERDICT) -> str:
+    """The two-model verdict of ``record_validator_scores`` for every (method, seed) of ``methods``: right or wrong
+    (right = it says "adapted" exactly when the adapted model's true Dice is above the source's), and its worth."""
+    from monai_uda.validators import select
+    from monai_uda.validators.selection import DEFAULT_RULE
+
+    lines = ["| pair | rule columns | adapted models | verdict right | always adapted: right | says adapted, 2+ pts "
+             "worse than source | says source, 2+ pts better than source | follow the verdict: Dice − source | "
+             "always adapted: Dice − source |", "|---|---|---|---|---|---|---|---|---|"]
     for pair, df in data.items():
-        right = bad_keep = bad_adapt = 0
+        right = naive = bad_keep = bad_adapt = 0
         follow, always = [], []
-        for seed, g in df.dropna(subset=["dice"]).groupby("seed"):
+        columns = [c for c in DEFAULT_RULE if c in df.columns]
+        if not columns:
+            continue
+        for _, g in df.dropna(subset=["dice"]).groupby("seed"):
             src = g[g.candidate == "source"]
-            for _, row in g[g.candidate != "source"].iterrows():
-                two = pd.concat([src, row.to_frame().T]).set_index("candidate")
-                two = two[[c for c in two.columns if c not in ("rule_score", "chosen", "checkpoint", "seed")]]
+            if src.empty:
+                continue
+            for _, row in g[g.candidate.isin(methods)].iterrows():
+                two = pd.concat([src, row.to_frame().T]).set_index("candidate")[columns]
                 chosen, _ = select(two.apply(pd.to_numeric, errors="coerce"), "default", source_name="source")
                 gain = float(row.dice) - float(src.dice.iloc[0])
                 right += int((chosen != "source") == (gain > 0))
+                naive += int(gain > 0)
                 bad_adapt += int(chosen != "source" and gain < -0.02)
                 bad_keep += int(chosen == "source" and gain > 0.02)
                 follow.append(gain if chosen != "source" else 0.0)
@@ -133,7 +148,8 @@ def pairwise_table(data: dict[str, pd.DataFrame]) -> str:
         n = len(always)
         if not n:
             continue
-        lines.append(f"| {pair} | {n} | {right} ({100 * right / n:.0f} %) | {bad_adapt} | {bad_keep} | "
+        lines.append(f"| {pair} | {', '.join(columns)} | {n} | {right} ({100 * right / n:.0f} %) | "
+                     f"{naive} ({100 * naive / n:.0f} %) | {bad_adapt} | {bad_keep} | "
                      f"{_points(np.mean(follow))} | {_points(np.mean(always))} |")
     return "\n".join(lines) + "\n"
 

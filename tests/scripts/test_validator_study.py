@@ -34,16 +34,27 @@ def test_correlation_and_regret_against_the_true_dice(tmp_path):
 
 
 def test_pairwise_verdict_counts_right_and_wrong_calls_and_what_following_it_gives(tmp_path):
-    true = {"source": 0.50, "bn": 0.60, "st": 0.40, "selftrain": 0.70, "cbst": 0.30}
-    im = {"source": 0.5, "bn": 0.6, "st": 0.45, "selftrain": 0.3, "cbst": 0.9}  # right, right, wrong, wrong
+    true = {"source": 0.50, "bn": 0.60, "st": 0.40, "selftrain": 0.70, "cbst": 0.30, "early": 0.50, "bn_source": 0.9}
+    # (im, mixval, foreground_fraction); rule_score: the all-candidate mean rank, which the two-model verdict ignores
+    scores = {"source": (0.5, 0.5, 0.5, 0.0), "bn": (0.6, 0.6, 0.4, 0.1),  # wins 2 of 3 columns: adapted, right
+              "st": (0.6, 0.4, 0.4, 0.2),  # wins 1 of 3: source, right
+              "selftrain": (0.9, 0.4, 0.4, 0.9),  # wins 1 of 3: source, wrong (20 points lost)
+              "cbst": (0.6, 0.6, 0.6, 0.3),  # wins 3 of 3: adapted, wrong (20 points worse)
+              "early": (0.5, 0.5, 0.5, 0.4),  # a tie keeps the source model; gain 0: right
+              "bn_source": (0.9, 0.9, 0.9, 1.0),  # a control: no bundle verdict, not counted
+              "buda": (0.9, 0.9, 0.9, 1.0)}  # no true Dice: not counted
     v2 = tmp_path / "v2" / "A1"
     v2.mkdir(parents=True)
-    pd.DataFrame([{"method": m, "seed": 0, "dice": d} for m, d in true.items()]).to_csv(v2 / "results.csv", index=False)
-    d = tmp_path / "selection" / "A1" / "seed0"
-    d.mkdir(parents=True)
-    pd.DataFrame([{"candidate": c, "im": v, "rule_score": v, "chosen": False} for c, v in im.items()]).to_csv(
-        d / "selection.csv", index=False)
+    pd.DataFrame([{"method": m, "seed": s, "dice": d} for m, d in true.items() for s in (0, 1)]).to_csv(
+        v2 / "results.csv", index=False)
+    for seed, names in ((0, list(scores)), (1, ["bn", "st"])):  # seed 1 has no source row: not counted
+        d = tmp_path / "selection" / "A1" / f"seed{seed}"
+        d.mkdir(parents=True)
+        pd.DataFrame([{"candidate": c, "im": scores[c][0], "mixval": scores[c][1], "foreground_fraction": scores[c][2],
+                       "rule_score": scores[c][3], "chosen": False} for c in names]).to_csv(d / "selection.csv",
+                                                                                          index=False)
     row = next(x for x in validator_study.pairwise_table(validator_study.load(tmp_path)).splitlines()
                if x.startswith("| A1 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1:] == ["4", "2 (50 %)", "1", "1", "-2.5 pts", "+0.0 pts"]  # follow: (10 + 0 + 0 - 20) / 4
+    assert cells[1:] == ["im, mixval, foreground_fraction", "5", "3 (60 %)", "2 (40 %)", "1", "1", "-2.0 pts",
+                         "+0.0 pts"]  # follow: (10 + 0 + 0 - 20 + 0) / 5 points; always: (10 - 10 + 20 - 20 + 0) / 5
