@@ -152,8 +152,9 @@ def cli_process_state():
 
 @pytest.fixture(scope="session")
 def demo_models(tiny_demo_2d, tmp_path_factory):
-    """Checkpoints on the tiny 2D demo pair. good.pt: a UDAUNet trained for 12 iterations on the demo's source images (white matter; source Dice about 0.8);
-    broken.pt: the same weights with a final bias that forces background everywhere; zero.pt: every weight zero."""
+    """Checkpoints on the tiny 2D demo pair. good.pt: a UDAUNet trained for 12 iterations on the demo's source images
+    (white matter; source Dice about 0.8); broken.pt: the same weights with a final bias that forces background
+    everywhere; zero.pt: every weight zero."""
     import torch
     from monai.losses import DiceCELoss
 

@@ -58,7 +58,8 @@ def test_select_picks_the_working_checkpoint_and_writes_a_bundle_without_opening
     assert (bundle / "LICENSE").is_file() and (bundle / "configs" / "train.json").is_file()
 
 
-def test_keep_the_source_model_when_no_candidate_beats_it(tiny_demo_2d, demo_models, no_target_labels, tmp_path, capsys):
+def test_keep_the_source_model_when_no_candidate_beats_it(tiny_demo_2d, demo_models, no_target_labels, tmp_path,
+                                                          capsys):
     code = main(["select", "--datalist", tiny_demo_2d, "--checkpoints", demo_models["broken"], demo_models["zero"],
                  "--source", demo_models["good"], "--out", str(tmp_path), "--validators", "im,mixval", "entropy",
                  "w2_shift"])
@@ -73,8 +74,8 @@ def test_keep_the_source_model_when_no_candidate_beats_it(tiny_demo_2d, demo_mod
     assert table["w2_shift"].le(0).all() and table.loc["source", "w2_shift"] < 0
 
 
-def test_a_benchmark_folder_skips_the_oracle_and_network_def_methods(tiny_demo_2d, demo_models, no_target_labels, tmp_path,
-                                                                     capsys):
+def test_a_benchmark_folder_skips_the_oracle_and_network_def_methods(tiny_demo_2d, demo_models, no_target_labels,
+                                                                     tmp_path, capsys):
     import shutil
 
     bench = tmp_path / "bench"
