@@ -52,6 +52,7 @@ from scipy.stats import wasserstein_distance  # noqa: E402
 
 from monai_uda.bundle import DEMO_SOURCE_BUDGET, resolve_source_checkpoint, run_bundle  # noqa: E402
 from monai_uda.data import UDAData  # noqa: E402
+from monai_uda.methods.past.cyclegan_trainer import translate_padded  # noqa: E402
 from monai_uda.methods.past.intensity_translator import SlicedPatchDistance  # noqa: E402
 from monai_uda.methods.past.past import load_generator  # noqa: E402
 from monai_uda.transforms import segmentation_transforms  # noqa: E402
@@ -74,12 +75,9 @@ def _unslice(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _apply(gen, v: torch.Tensor) -> torch.Tensor:
     """A 2D generator on an image or, slice by slice, on a volume (padded to a multiple of 2**n_down)."""
-    k = 2 ** int(getattr(gen, "n_down", 0))
     s = _slices(v)
-    h, w = s.shape[-2:]
-    p = torch.nn.functional.pad(s, (0, (-w) % k, 0, (-h) % k), mode="replicate") if k > 1 else s
     with torch.no_grad():
-        y = torch.cat([gen(p[i : i + 8]) for i in range(0, p.shape[0], 8)])[..., :h, :w]
+        y = torch.cat([translate_padded(gen, s[i : i + 8]) for i in range(0, s.shape[0], 8)])
     if v.ndim == 4:  # 3D volumes: the background (exact zeros of the non-zero z-score) stays zero
         y = torch.where(s == 0, torch.zeros_like(y), y)
     return _unslice(y, v)

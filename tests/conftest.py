@@ -148,3 +148,102 @@ def cli_process_state():
         logger.propagate = propagate
         for h, hl in zip(handlers, handler_levels):
             h.setLevel(hl)
+
+
+@pytest.fixture(scope="session")
+def demo_models(tiny_demo_2d, tmp_path_factory):
+    """Checkpoints on the tiny 2D demo pair. good.pt: a UDAUNet trained for 12 iterations on the demo's source images
+    (white matter; source Dice about 0.8); broken.pt: the same weights with a final bias that forces background
+    everywhere; zero.pt: every weight zero."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from monai_uda.data import UDAData
+    from monai_uda.networks import UDAUNet
+    from monai_uda.transforms import segmentation_transforms
+
+    uda = UDAData(tiny_demo_2d, deep=False)
+    xform = segmentation_transforms("eval", uda=uda)
+    items = [xform(it) for it in uda.split("source_training")]
+    x = torch.stack([d["image"].as_tensor() for d in items])
+    y = torch.stack([d["label"].as_tensor() for d in items]).long()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the 2-core machine may be busy
+    try:
+        torch.manual_seed(0)
+        net = UDAUNet(2, 1, 2)
+        opt = torch.optim.Adam(net.parameters(), 1e-2)
+        loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        net.train()
+        for _ in range(12):
+            opt.zero_grad()
+            loss(net(x), y).backward()
+            opt.step()
+        for m in net.modules():  # exact BatchNorm statistics of the source images
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        with torch.no_grad():
+            net(x)
+    finally:
+        torch.set_num_threads(threads)
+    folder = tmp_path_factory.mktemp("models")
+    good = net.state_dict()
+    broken = {k: v.clone() for k, v in good.items()}
+    broken["final_conv.bias"] = torch.tensor([20.0, -20.0])
+    zero = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in good.items()}
+    paths = {}
+    for name, state in (("good", good), ("broken", broken), ("zero", zero)):
+        paths[name] = str(folder / f"{name}.pt")
+        torch.save(state, paths[name])
+    return paths
+
+
+@pytest.fixture
+def no_target_labels(tiny_demo_2d, monkeypatch):
+    """Every image reader fails on a target label of the datalist; returns the list of files nibabel opened."""
+    import json
+
+    import monai.transforms
+    import nibabel
+
+    import monai_uda.data.datalist as datalist
+
+    dl = json.load(open(tiny_demo_2d))
+    base = os.path.dirname(tiny_demo_2d)
+    forbidden = {os.path.normpath(os.path.join(base, it["label"]))
+                 for key in ("target_test", "oracle_training", "oracle_validation") for it in dl.get(key, [])}
+    assert forbidden
+    opened: list[str] = []
+
+    def guard(path):
+        for p in (path if isinstance(path, (list, tuple)) else [path]):
+            p = os.path.normpath(os.fspath(p))
+            if p in forbidden:
+                raise AssertionError(f"a target label was opened: {p}")
+            opened.append(p)
+
+    real_nib, real_read, real_call = nibabel.load, datalist.read_array, monai.transforms.LoadImage.__call__
+
+    def nib_load(path, *a, **k):
+        guard(path)
+        return real_nib(path, *a, **k)
+
+    def read_array(path, *a, **k):
+        guard(path)
+        return real_read(path, *a, **k)
+
+    def load_image(self, filename, *a, **k):
+        guard(filename)
+        return real_call(self, filename, *a, **k)
+
+    monkeypatch.setattr(nibabel, "load", nib_load)
+    monkeypatch.setattr(datalist, "read_array", read_array)
+    monkeypatch.setattr(monai.transforms.LoadImage, "__call__", load_image)
+    label = sorted(forbidden)[0]
+    for read in (nibabel.load, datalist.read_array, monai.transforms.LoadImage(image_only=True)):
+        with pytest.raises(AssertionError, match="a target label was opened"):  # the guards work
+            read(label)
+    opened.clear()
+    targets = {os.path.normpath(os.path.join(base, it["image"])) for it in dl["target_training"]}
+    return opened, targets

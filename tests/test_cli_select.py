@@ -16,101 +16,6 @@ from monai_uda.cli import main
 pytestmark = pytest.mark.usefixtures("cli_process_state")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def models(tiny_demo_2d, tmp_path_factory):
-    """good.pt: a UDAUNet trained for 12 iterations on the demo's source images (white matter; source Dice about 0.8);
-    broken.pt: the same weights with a final bias that forces background everywhere; zero.pt: every weight zero."""
-    from monai.losses import DiceCELoss
-
-    from monai_uda.data import UDAData
-    from monai_uda.networks import UDAUNet
-    from monai_uda.transforms import segmentation_transforms
-
-    uda = UDAData(tiny_demo_2d, deep=False)
-    xform = segmentation_transforms("eval", uda=uda)
-    items = [xform(it) for it in uda.split("source_training")]
-    x = torch.stack([d["image"].as_tensor() for d in items])
-    y = torch.stack([d["label"].as_tensor() for d in items]).long()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the 2-core machine may be busy
-    try:
-        torch.manual_seed(0)
-        net = UDAUNet(2, 1, 2)
-        opt = torch.optim.Adam(net.parameters(), 1e-2)
-        loss = DiceCELoss(to_onehot_y=True, softmax=True)
-        net.train()
-        for _ in range(12):
-            opt.zero_grad()
-            loss(net(x), y).backward()
-            opt.step()
-        for m in net.modules():  # exact BatchNorm statistics of the source images
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
-        with torch.no_grad():
-            net(x)
-    finally:
-        torch.set_num_threads(threads)
-    folder = tmp_path_factory.mktemp("models")
-    good = net.state_dict()
-    broken = {k: v.clone() for k, v in good.items()}
-    broken["final_conv.bias"] = torch.tensor([20.0, -20.0])
-    zero = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in good.items()}
-    paths = {}
-    for name, state in (("good", good), ("broken", broken), ("zero", zero)):
-        paths[name] = str(folder / f"{name}.pt")
-        torch.save(state, paths[name])
-    return paths
-
-
-@pytest.fixture
-def no_target_labels(tiny_demo_2d, monkeypatch):
-    """Every image reader fails on a target label of the datalist; returns the list of files nibabel opened."""
-    import monai.transforms
-    import nibabel
-
-    import monai_uda.data.datalist as datalist
-
-    dl = json.load(open(tiny_demo_2d))
-    base = os.path.dirname(tiny_demo_2d)
-    forbidden = {os.path.normpath(os.path.join(base, it["label"]))
-                 for key in ("target_test", "oracle_training", "oracle_validation") for it in dl.get(key, [])}
-    assert forbidden
-    opened: list[str] = []
-
-    def guard(path):
-        for p in (path if isinstance(path, (list, tuple)) else [path]):
-            p = os.path.normpath(os.fspath(p))
-            if p in forbidden:
-                raise AssertionError(f"a target label was opened: {p}")
-            opened.append(p)
-
-    real_nib, real_read, real_call = nibabel.load, datalist.read_array, monai.transforms.LoadImage.__call__
-
-    def nib_load(path, *a, **k):
-        guard(path)
-        return real_nib(path, *a, **k)
-
-    def read_array(path, *a, **k):
-        guard(path)
-        return real_read(path, *a, **k)
-
-    def load_image(self, filename, *a, **k):
-        guard(filename)
-        return real_call(self, filename, *a, **k)
-
-    monkeypatch.setattr(nibabel, "load", nib_load)
-    monkeypatch.setattr(datalist, "read_array", read_array)
-    monkeypatch.setattr(monai.transforms.LoadImage, "__call__", load_image)
-    label = sorted(forbidden)[0]
-    for read in (nibabel.load, datalist.read_array, monai.transforms.LoadImage(image_only=True)):
-        with pytest.raises(AssertionError, match="a target label was opened"):  # the guards work
-            read(label)
-    opened.clear()
-    targets = {os.path.normpath(os.path.join(base, it["image"])) for it in dl["target_training"]}
-    return opened, targets
-
-
 def _line(err: str) -> str:
     lines = [ln for ln in err.strip().splitlines() if "scoring candidates" not in ln]
     assert len(lines) == 1, err
@@ -118,16 +23,16 @@ def _line(err: str) -> str:
 
 
 def test_select_picks_the_working_checkpoint_and_writes_a_bundle_without_opening_a_target_label(
-        tiny_demo_2d, models, no_target_labels, tmp_path, capsys):
+        tiny_demo_2d, demo_models, no_target_labels, tmp_path, capsys):
     opened, targets = no_target_labels
     out, bundle = tmp_path / "selection", tmp_path / "bundle"
-    code = main(["select", "--datalist", tiny_demo_2d, "--checkpoints", models["good"], models["zero"],
-                 "--source", models["broken"], "--out", str(out), "--write-bundle", str(bundle)])
+    code = main(["select", "--datalist", tiny_demo_2d, "--checkpoints", demo_models["good"], demo_models["zero"],
+                 "--source", demo_models["broken"], "--out", str(out), "--write-bundle", str(bundle)])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert targets <= set(opened)  # the target images were read through the guarded readers
     last = stdout.strip().splitlines()[-1]
-    assert last.startswith(f"selected: good ({models['good']}): 'good' has the best mean rank"), last
+    assert last.startswith(f"selected: good ({demo_models['good']}): 'good' has the best mean rank"), last
     assert "above the source model's" in last
 
     table = pd.read_csv(out / "selection.csv", index_col="candidate")
@@ -142,25 +47,26 @@ def test_select_picks_the_working_checkpoint_and_writes_a_bundle_without_opening
 
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     record = meta["uda_selection"]
-    assert record["chosen"] == "good" and record["checkpoint"] == os.path.abspath(models["good"])
+    assert record["chosen"] == "good" and record["checkpoint"] == os.path.abspath(demo_models["good"])
     assert set(record["scores"]) == {"source", "good", "zero"} and "mixval" in record["scores"]["good"]
     assert record["rule_columns"] == ["im", "mixval", "foreground_fraction", "component_sizes"]
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
-    good = torch.load(models["good"], weights_only=True)
+    good = torch.load(demo_models["good"], weights_only=True)
     assert all(torch.equal(weights[k], good[k]) for k in good)
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
     assert inference["bundle_root"] == str(bundle.resolve()) and inference["num_classes"] == 2
     assert (bundle / "LICENSE").is_file() and (bundle / "configs" / "train.json").is_file()
 
 
-def test_keep_the_source_model_when_no_candidate_beats_it(tiny_demo_2d, models, no_target_labels, tmp_path, capsys):
-    code = main(["select", "--datalist", tiny_demo_2d, "--checkpoints", models["broken"], models["zero"],
-                 "--source", models["good"], "--out", str(tmp_path), "--validators", "im,mixval", "entropy",
+def test_keep_the_source_model_when_no_candidate_beats_it(tiny_demo_2d, demo_models, no_target_labels, tmp_path,
+                                                          capsys):
+    code = main(["select", "--datalist", tiny_demo_2d, "--checkpoints", demo_models["broken"], demo_models["zero"],
+                 "--source", demo_models["good"], "--out", str(tmp_path), "--validators", "im,mixval", "entropy",
                  "w2_shift"])
     stdout = capsys.readouterr().out
     assert code == 0
     last = stdout.strip().splitlines()[-1]
-    assert last.startswith(f"selected: source ({models['good']}): keep the source model: no candidate ranks above "
+    assert last.startswith(f"selected: source ({demo_models['good']}): keep the source model: no candidate ranks above "
                            "it over im, mixval"), last
     table = pd.read_csv(tmp_path / "selection.csv", index_col="candidate")
     assert [c for c in table.columns if c in ("entropy", "im", "mixval", "w2_shift", "consensus")] == [
@@ -168,15 +74,15 @@ def test_keep_the_source_model_when_no_candidate_beats_it(tiny_demo_2d, models, 
     assert table["w2_shift"].le(0).all() and table.loc["source", "w2_shift"] < 0
 
 
-def test_a_benchmark_folder_skips_the_oracle_and_network_def_methods(tiny_demo_2d, models, no_target_labels, tmp_path,
-                                                                     capsys):
+def test_a_benchmark_folder_skips_the_oracle_and_network_def_methods(tiny_demo_2d, demo_models, no_target_labels,
+                                                                     tmp_path, capsys):
     import shutil
 
     bench = tmp_path / "bench"
     rows = [("source", 0), ("oracle", 0), ("bn", 0), ("st", 0), ("rf", 0)]
     for method, file in (("source", "broken"), ("oracle", "good"), ("bn", "good"), ("st", "zero")):
         os.makedirs(bench / "seed0" / method)
-        shutil.copy(models[file], bench / "seed0" / method / "model.pt")
+        shutil.copy(demo_models[file], bench / "seed0" / method / "model.pt")
     pd.DataFrame(rows, columns=["method", "seed"]).to_csv(bench / "results.csv", index=False)
     code = main(["select", "--datalist", tiny_demo_2d, "--bench", str(bench), "--out", str(tmp_path / "out"),
                  "--rule", "im,mixval", "--limit", "2"])
@@ -196,10 +102,10 @@ def test_a_benchmark_folder_skips_the_oracle_and_network_def_methods(tiny_demo_2
     (["--checkpoints", "{zero}", "--source", "{good}", "--validators", "entropy", "--rule", "im"],
      "--rule im: im not among the validators run (entropy)"),
 ])
-def test_bad_input_is_one_line_naming_the_file_or_key(tiny_demo_2d, models, tmp_path, capsys, args, names):
+def test_bad_input_is_one_line_naming_the_file_or_key(tiny_demo_2d, demo_models, tmp_path, capsys, args, names):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"junk")
-    args = [a.format(good=models["good"], zero=models["zero"], tmp=tmp_path, garbage=garbage) for a in args]
+    args = [a.format(good=demo_models["good"], zero=demo_models["zero"], tmp=tmp_path, garbage=garbage) for a in args]
     code = main(["select", "--datalist", tiny_demo_2d, "--out", str(tmp_path / "out"), *args])
     line = _line(capsys.readouterr().err)
     assert code == 2 and line.startswith("monai-uda select: error:") and names in line, line

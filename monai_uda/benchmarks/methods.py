@@ -76,6 +76,7 @@ class MethodContext:
             "amp": bool(self.amp),
             "spatial_dims": self.uda.spatial_dims,
             "progress": self.progress,
+            "record_validators": [],  # the selected row and the validator study score every model
         }
         ov.update(self.budget)
         ov.update(self.overrides)

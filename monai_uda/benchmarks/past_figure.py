@@ -66,8 +66,9 @@ def past_figure(
     # a pyplot-free Figure: no backend switch (Jupyter keeps its inline figures), no global figure list
     from matplotlib.figure import Figure
 
-    from monai_uda.utils import atomic_write
     from monai_uda.data.uda_data import UDAData
+    from monai_uda.methods.past.cyclegan_trainer import translate_padded
+    from monai_uda.utils import atomic_write
     from monai_uda.transforms.pipelines import segmentation_transforms
 
     uda = UDAData(datalist, deep=False)
@@ -82,10 +83,8 @@ def past_figure(
     for row in range(n):
         s = _middle_slice(torch.as_tensor(tf({"image": src[row * len(src) // n]["image"]})["image"]))
         t = _middle_slice(torch.as_tensor(tf({"image": tgt[row * len(tgt) // n % len(tgt)]["image"]})["image"]))
-        h, w = s.shape[1:]
-        x = torch.nn.functional.pad(s[None].float(), (0, (-w) % k, 0, (-h) % k), mode="replicate").to(device)
         with torch.no_grad():
-            y = gen(x)[0, :, :h, :w].cpu()
+            y = translate_padded(gen, s[None].float().to(device), k)[0].cpu()
         for col, (img, title) in enumerate(((s, "source"), (y, "translated source"), (t, "target"))):
             ax = axes[row, col]
             ax.imshow(np.rot90(img[0].numpy()), cmap="gray")

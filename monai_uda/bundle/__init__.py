@@ -17,6 +17,7 @@ from .stages import (
     write_model_card,
 )
 from .tracking import log_to_trackers
+from .validator_scores import record_validator_scores, validator_scores_path
 
 __all__ = ["distributed", "latest_checkpoint", "resume_from", "SelectionState", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "evaluated_checkpoint", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint", "precise_bn",
-           "log_to_trackers", "output_ext", "report_outputs"]
+           "log_to_trackers", "output_ext", "report_outputs", "record_validator_scores", "validator_scores_path"]

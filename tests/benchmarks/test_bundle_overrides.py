@@ -52,6 +52,12 @@ def test_row_follows_a_benchmark_override(tmp_path, tiny_demo_2d, tiny_budget, o
     # bn_source: a control on the whole source training images (no target image), also mode reset
     run_benchmark(tiny_demo_2d, ["bn_reset", "bn_source"], str(default), mode="quick", progress=False, resume=True)
     assert _row(default, "bn_reset")["bn_mode"] == _row(default, "bn_source")["bn_mode"] == "reset"
+    assert all((default / "seed0" / m / "model.pt").is_file() for m in ("bn", "bn_reset", "bn_source"))
+    assert not list(default.rglob("*.validators.json"))  # the benchmark turns the bundles' validator record off...
+    run_benchmark(tiny_demo_2d, ["bn"], str(tmp_path / "scored"), mode="quick", progress=False,
+                  source_from=str(default), overrides={"bn": {"record_validators": ["entropy"]}})  # ...a user's is on
+    rec = json.loads((tmp_path / "scored" / "seed0" / "bn" / "model.validators.json").read_text())
+    assert rec["validators"] == ["entropy"] and list(rec["scores"]) == ["source", "adapted"]
     stats = {m: _bn_stats(default / "seed0" / m / "model.pt") for m in ("bn", "bn_reset", "bn_source")}
     assert not torch.allclose(stats["bn"], stats["bn_reset"]) and not torch.allclose(stats["bn_reset"], stats["bn_source"])
     from monai_uda.data import UDAData

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pandas as pd
@@ -32,6 +33,9 @@ def test_adapt_changes_only_bn_statistics_and_evaluates(tmp_path, tiny_demo_2d, 
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    rec = json.loads((tmp_path / "bn" / "model.validators.json").read_text())  # label-free scores, beside model.pt
+    assert list(rec["scores"]) == ["source", "adapted"] and rec["source_checkpoint"] == src
+    assert rec["predicted"] in ("source", "adapted") and rec["reason"]
 
     capsys.readouterr()
     ev = run_bundle(BUNDLE, ["adapt.json", "evaluate.json"], **ov)

@@ -279,3 +279,17 @@ def test_train_trainer_is_an_engine(path):
     assert isinstance(cls, type) and issubclass(cls, Engine), f"{path}: train#trainer is {target}, not an ignite Engine"
     assert any("@train#trainer.run()" in step or "@adapt#trainer.run()" in step or "@translation#trainer.run()" in step
                for step in config.get("run", [])), f"{path}: the config does not run its train#trainer"
+
+
+def test_every_validator_record_uses_the_library_default():
+    """The configs' ``record_validators`` (written out in each, for a reader of the config) equal the library's."""
+    from monai_uda.bundle.validator_scores import DEFAULT_RECORD_VALIDATORS
+
+    found = {}
+    for b in BUNDLES:
+        for f in sorted((bundle_dir(b) / "configs").glob("*.json")):
+            cfg = json.loads(f.read_text())
+            if isinstance(cfg, dict) and "record_validators" in cfg:
+                found[f"{b}/{f.name}"] = cfg["record_validators"]
+                assert any("record_validator_scores(" in str(x) for x in cfg.get("run", [])), f"{b}/{f.name}"
+    assert len(found) == 5 and all(v == list(DEFAULT_RECORD_VALIDATORS) for v in found.values()), found

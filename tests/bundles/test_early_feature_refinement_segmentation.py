@@ -31,8 +31,11 @@ def test_chain_2d_head_adapt_evaluate_oneshot_infer(tmp_path, tiny_demo_2d):
     # no checkpoint at all: adapt.json runs train_head.json, which trains a quick source model first
     # (the paper's stopping rule alone, the default; the optional divergence guard is checked below)
     wf = run_bundle(BUNDLE, "adapt.json", **_ov(tmp_path, tiny_demo_2d))  # the defaults: no divergence guard
-    for name in ("source/model.pt", "head_model.pt", "model.pt", "refinement_summary.json"):
+    for name in ("source/model.pt", "head_model.pt", "model.pt", "refinement_summary.json", "model.validators.json"):
         assert (models / name).is_file(), name
+    rec = json.loads((models / "model.validators.json").read_text())  # the adapted and the source model
+    assert list(rec["scores"]) == ["source", "adapted"]
+    assert rec["source_checkpoint"] == str(models / "source" / "model.pt")
     assert not glob.glob(str(models / "**" / ".tmp*"), recursive=True), "temp files left behind"
     trainer = wf.parser.get_parsed_content("adapt#trainer")
     data = wf.parser.get_parsed_content("adapt#dataset").data
@@ -158,6 +161,7 @@ def test_cbst_configuration_3d(tmp_path, tiny_demo_3d):
     kept = np.asarray(lab.dataobj) != 255
     assert 0.0 < kept.mean() <= 0.2 + 1e-3  # round 0 keeps the most confident 20 % (of all target voxels)
     UDAUNet(spatial_dims=3, in_channels=1, out_channels=2).load_state_dict(_load(out / "model.pt"))
+    assert list(json.loads((out / "model.validators.json").read_text())["scores"]) == ["source", "adapted"]  # 3D too
     summary = json.loads((out / "adapt_summary.json").read_text())
     assert summary["method"] == mode and summary["epochs_per_round"] == [1]
     assert not (tmp_path / "models" / "model.pt").exists()  # the refinement's output is left alone

@@ -94,6 +94,9 @@ def test_bn_reestimation_two_ranks_equals_single_process(source_ddp, tmp_path, t
     layers = ["adapt.json", "multi_gpu_adapt.json"]
     log = _torchrun("bn_reestimation_segmentation", layers, ckpt_dir=str(tmp_path / "ddp"), **ov)
     assert len(_rank_lines(log, 1)) > 0 and "Traceback" not in log
+    assert (tmp_path / "ddp" / "model.validators.json").is_file()  # the validator record: rank 0 only
+    said = [ln for ln in log.splitlines() if "validator scores of" in ln]
+    assert len(said) == 1 and not _rank_lines("\n".join(said), 1), said
     run_bundle("bn_reestimation_segmentation", "adapt.json", ckpt_dir=str(tmp_path / "single"), **ov)
     ddp = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
     single = torch.load(tmp_path / "single" / "model.pt", weights_only=True)

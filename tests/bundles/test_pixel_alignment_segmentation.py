@@ -125,6 +125,10 @@ def test_self_training_rounds(past_run):
     final = torch.load(tmp / "models" / "self_train" / "model.pt", weights_only=True)
     r2 = torch.load(tmp / "models" / "self_train" / "round_2" / "model.pt", weights_only=True)
     assert all(torch.equal(final[k], r2[k]) for k in final)
+    rec = json.load(open(tmp / "models" / "self_train" / "model.validators.json"))  # scores of the model served
+    assert rec["checkpoint"] == str(tmp / "models" / "self_train" / "model.pt") and "adapted" in rec["scores"]
+    assert rec["source_checkpoint"] == str(tmp / "models" / "source" / "model.pt")  # the one init_from_source used
+    assert list(rec["scores"]) == ["source", "adapted"]
 
 
 def test_self_training_resumes_after_crash(past_run, tiny_demo_2d, tmp_path):

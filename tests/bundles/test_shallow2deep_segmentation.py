@@ -76,6 +76,8 @@ def test_adapt_evaluate_infer_simulated_user(upstream, tiny_demo_2d, tmp_path, c
     assert len(pseudo) == 3 and all(0 <= float(p["pseudo"].min()) <= float(p["pseudo"].max()) <= 1 for p in pseudo)
     sd = torch.load(root / "models" / "model.pt", weights_only=True)
     assert "conv_0.conv_0.conv.weight" in sd  # a plain UDAUNet state dict
+    rec = json.loads((root / "models" / "model.validators.json").read_text())  # no source network in this method
+    assert list(rec["scores"]) == ["adapted"] and rec["left_out"] == {"source_agreement": "no source model"}
 
     ev = run_bundle(BUNDLE, ["adapt.json", "evaluate.json"], **ov)
     metrics = ev.parser.get_parsed_content("validate#evaluator").state.metrics

@@ -53,6 +53,8 @@ def test_adapt_evaluate_infer_2d(tmp_path, tiny_demo_2d, source_2d):
     assert type(rounds.loss_function).__name__ == "VariationalSamplingDiceLoss"
     state = _state(tmp_path)
     assert state["completed"] == [0, 1, 2]
+    rec = json.loads((tmp_path / "models" / "model.validators.json").read_text())
+    assert list(rec["scores"]) == ["source", "adapted"] and rec["source_checkpoint"] == source_2d
     n_target = len(uda.split("target_training"))
     for r in range(3):  # round 0 = source labels, then one per training round, each in its own folder
         labels = glob.glob(str(_rounds(tmp_path) / f"round_{r}" / "*_img.nii.gz"))

@@ -35,6 +35,7 @@ __all__ = [
     "ImagePool",
     "UnpairedDataset",
     "atomic_checkpoint_saver",
+    "translate_padded",
     "translate_volume",
 ]
 
@@ -329,6 +330,16 @@ def _divisible(generator: torch.nn.Module, divisible: int | None) -> int:
     return 2 ** int(n_down) if n_down is not None else 1
 
 
+def translate_padded(generator: torch.nn.Module, x: torch.Tensor, divisible: int | None = None) -> torch.Tensor:
+    """``x`` ``(B, C, H, W)`` through a 2D generator: padded (replicate) to a multiple of ``divisible`` (default
+    ``2**generator.n_down``), as the generator's downsampling needs, and cropped back to ``H x W``."""
+    k = _divisible(generator, divisible)
+    h, w = x.shape[-2:]
+    if k > 1 and (h % k or w % k):
+        x = torch.nn.functional.pad(x, (0, (-w) % k, 0, (-h) % k), mode="replicate")
+    return generator(x)[..., :h, :w]
+
+
 @torch.no_grad()
 def translate_volume(
     generator: torch.nn.Module,
@@ -444,12 +455,7 @@ def _translate_2d(generator, path_in, path_out, device, normalize, nonzero, k, o
     if x.shape[0] != in_ch:
         raise ValueError(f"translate_volume: {path_in!r} has {x.shape[0]} channels, the generator expects {in_ch}.")
     xn, mean, std = _zscore(x, nonzero) if normalize else (x, 0.0, 1.0)
-    h, w = x.shape[1:]
-    ph, pw = int(np.ceil(h / k) * k) - h, int(np.ceil(w / k) * k) - w
-    t = torch.as_tensor(xn)[None].to(device)
-    if ph or pw:
-        t = torch.nn.functional.pad(t, (0, pw, 0, ph), mode="replicate")
-    y = generator(t)[0, :, :h, :w].float().cpu().numpy()
+    y = translate_padded(generator, torch.as_tensor(xn)[None].to(device), k)[0].float().cpu().numpy()
     if normalize:
         if output_stats is not None:
             mean, std = float(output_stats[0]), float(output_stats[1])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage import io
 
-from monai_uda.methods.past.cyclegan_trainer import translate_volume
+from monai_uda.methods.past.cyclegan_trainer import translate_padded, translate_volume
 from monai_uda.methods.past.cyclegan_networks import ResNetGenerator
 
 
@@ -103,3 +103,25 @@ def test_output_scale_is_an_affine_map_the_pipeline_z_score_removes(tmp_path):
     for out in (a, b):
         np.testing.assert_allclose(np.asarray(z(torch.as_tensor(out))), want, atol=1e-3)
         assert not np.allclose(np.asarray(z(torch.as_tensor(out))), np.asarray(z(torch.as_tensor(data))), atol=0.1)
+
+
+class NeedsMultipleOf4(torch.nn.Module):
+    """A generator with two downsamplings: refuses sizes that are not multiples of 4, records what it got."""
+
+    n_down = 2
+
+    def forward(self, x):
+        assert x.shape[-2] % 4 == 0 and x.shape[-1] % 4 == 0, x.shape
+        self.seen = x.clone()
+        return -x
+
+
+def test_translate_padded_pads_to_the_generator_multiple_and_crops_back():
+    g = NeedsMultipleOf4()
+    x = torch.arange(2 * 13 * 10, dtype=torch.float32).reshape(2, 1, 13, 10)
+    y = translate_padded(g, x)
+    assert g.seen.shape == (2, 1, 16, 12)
+    assert torch.equal(g.seen[..., 13:, :10], x[..., 12:13, :].expand(2, 1, 3, 10))  # replicate padding
+    assert torch.equal(y, -x)
+    x4 = torch.ones(1, 1, 8, 4)
+    assert torch.equal(translate_padded(g, x4), -x4) and g.seen.shape == (1, 1, 8, 4)  # already a multiple: as is
