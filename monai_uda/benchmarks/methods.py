@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["MethodContext", "MethodOutput", "METHODS", "PLUGINS", "register_method", "get_method", "load_methods",
+__all__ = ["NO_VALIDATOR_RECORD", "MethodContext", "MethodOutput", "METHODS", "PLUGINS", "register_method", "get_method", "load_methods",
            "config_values", "cap_rounds"]
 
 
@@ -33,6 +33,11 @@ class MethodOutput:
     bundle: str = "source_segmentation"
     eval_overrides: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: overrides every benchmark bundle run gets: no ``model.validators.json`` record (the ``selected`` row and the
+#: validator study score every model themselves)
+NO_VALIDATOR_RECORD: dict[str, Any] = {"record_validators": []}
 
 
 @dataclass
@@ -76,7 +81,7 @@ class MethodContext:
             "amp": bool(self.amp),
             "spatial_dims": self.uda.spatial_dims,
             "progress": self.progress,
-            "record_validators": [],  # the selected row and the validator study score every model
+            **NO_VALIDATOR_RECORD,
         }
         ov.update(self.budget)
         ov.update(self.overrides)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from .methods import MethodContext, MethodOutput, config_values, register_method
+from .methods import NO_VALIDATOR_RECORD, MethodContext, MethodOutput, config_values, register_method
 
 __all__ = ["bn_reestimation", "bn_reset", "bn_source"]
 
@@ -45,6 +45,6 @@ def _bn(ctx: MethodContext, name: str, settings: dict) -> MethodOutput:
     wf = run_bundle("bn_reestimation_segmentation", "adapt.json", datalist=ctx.datalist, seed=ctx.seed,
                     source_checkpoint=source, ckpt_dir=out, output_dir=out, device=f"$torch.device('{ctx.device}')",
                     spatial_dims=ctx.uda.spatial_dims, progress=ctx.progress,
-                    **{"record_validators": [], **settings, **ctx.overrides})  # (validators: the selected row)
+                    **{**NO_VALIDATOR_RECORD, **settings, **ctx.overrides})
     ran = {f"bn_{k}": v for k, v in config_values(wf, ("mode", "alpha")).items()}
     return MethodOutput(checkpoint=os.path.join(out, "model.pt"), extra={"adapt_seconds": round(time.time() - t, 2), **ran})

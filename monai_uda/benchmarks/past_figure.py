@@ -77,14 +77,13 @@ def past_figure(
     src = uda.split("source_training")
     tgt = uda.split("target_training")
     n = min(num_examples, len(src))
-    k = 2**n_down
     fig = Figure(figsize=(7.5, 2.5 * n))
     axes = fig.subplots(n, 3, squeeze=False)
     for row in range(n):
         s = _middle_slice(torch.as_tensor(tf({"image": src[row * len(src) // n]["image"]})["image"]))
         t = _middle_slice(torch.as_tensor(tf({"image": tgt[row * len(tgt) // n % len(tgt)]["image"]})["image"]))
         with torch.no_grad():
-            y = translate_padded(gen, s[None].float().to(device), k)[0].cpu()
+            y = translate_padded(gen, s[None].float().to(device))[0].cpu()
         for col, (img, title) in enumerate(((s, "source"), (y, "translated source"), (t, "target"))):
             ax = axes[row, col]
             ax.imshow(np.rot90(img[0].numpy()), cmap="gray")

@@ -49,14 +49,15 @@ def _weights(template: torch.nn.Module, path: str, device: Any) -> torch.nn.Modu
 
 def _names(validators: str | Sequence[str]) -> list[str]:
     """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``; an unknown name raises, naming the config key."""
-    from monai_uda.validators.registry import VALIDATORS
+    from monai_uda.validators.registry import get_validator
 
     names = [n.strip() for n in validators.split(",")] if isinstance(validators, str) else [str(n) for n in validators]
     names = [n for n in names if n]
-    unknown = [n for n in names if n not in VALIDATORS]
-    if unknown:
-        raise ValueError(f"record_validators: unknown validator(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(sorted(VALIDATORS))}")
+    for n in names:
+        try:
+            get_validator(n)
+        except ValueError as e:
+            raise ValueError(f"record_validators: {e}") from None
     return names
 
 

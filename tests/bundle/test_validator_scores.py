@@ -84,7 +84,7 @@ def test_errors_name_the_file_or_key_and_do_not_fail_the_run_unless_strict(tiny_
     torch.save(UDAUNet(2, 1, 3).state_dict(), other)
     with pytest.raises(CheckpointError, match=f"{other} does not fit UDAUNet"):
         record_validator_scores(str(other), UDAUNet(2, 1, 2), uda, strict=True)
-    with pytest.raises(ValueError, match="record_validators: unknown validator.s. entrpy; known: .*entropy"):
+    with pytest.raises(ValueError, match="record_validators: unknown validator 'entrpy'; known: .*entropy"):
         record_validator_scores(demo_models["good"], UDAUNet(2, 1, 2), uda, validators=["entrpy"], strict=True)
     # in a bundle run the model is saved before the record: an error is one printed line, and the run ends well
     assert record_validator_scores(str(other), UDAUNet(2, 1, 2), uda) is None
