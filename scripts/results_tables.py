@@ -123,10 +123,11 @@ results are [v2/README.md](v2/README.md) (per pair: `v2/<pair>/results.csv` and 
 made, one job at a time, by
 
 ```bash
-bash scripts/full_benchmarks.sh               # every pair and method, seeds 0 1 2, resuming; copies to v2/<pair>/
+MONAI_UDA_THREADS=2 bash scripts/full_benchmarks.sh  # every pair and method, seeds 0 1 2, resuming; copies to
+                                              # v2/<pair>/ (a pair with rows keeps their thread count: A1, C1 one)
 python scripts/budget_checks.py run           # the diminishing-returns checks (2x budgets) of protocol.md
 python scripts/protocol_tables.py --write     # the tables of protocol.md, v2/README.md and the README
-bash scripts/fidelity_runs.sh                 # extra seeds, the demo pair, early-head/variance analyses
+MONAI_UDA_THREADS=2 bash scripts/fidelity_runs.sh  # extra seeds, the demo pair, early-head/variance analyses
 python scripts/fidelity_tables.py --write     # fidelity.md: each method against its paper
 ```
 
@@ -183,8 +184,8 @@ the extra columns of each method are in `docs/benchmarks/<pair>/results.{md,csv,
 DEMO = """\
 ## Demo pair
 
-`monai-uda demo` with its demo budget, on the **simulated** shift, in a fresh clone (1 min 52 s for
-its 8 methods; command 1 of the repository README including the install took 2 min 57 s). The
+`monai-uda demo` with its demo budget, on the **simulated** shift (2 min 36 s for its 8 rows on an idle 2-core CPU,
+2026-12-06; the same table in a fresh clone with a new virtual environment, as the repository README says). The
 demo's crops are 64², 8 x 10 iterations: these are smoke-level numbers, not method rankings.
 """
 
@@ -209,7 +210,10 @@ SPEED = """\
 ANALYSIS = """\
 ## What they say
 
-Seed 0, one run each: differences of a few Dice points are within run-to-run noise (see above).
+Seed 0, one run each (protocol v1): differences of a few Dice points are within run-to-run noise (see above).
+**Protocol v2 reverses some of these conclusions** ([v2/README.md](v2/README.md)): on C1, early-feature refinement
+(0.764 ± 0.002), the shallow-to-deep family and FDA beat source significantly; on the demo pair early refinement
+beats source too.
 
 - **A1** (FIB-SEM -> ssTEM mitochondria): BN re-estimation closes about half the gap in 4 s;
   self-training without variance (`selftrain`) closes 0.62 of it, BUDA-Seg (`buda`) none, MC-dropout
