@@ -7,6 +7,7 @@
 #   - the demo pair (the package's simulated scanner shift, the one nearest to the early-features paper's
 #     Calgary-Campinas) under v2: source, oracle, early, st, cbst, and bn / bn_reset (do target BatchNorm statistics
 #     alone explain early's gain?) (v2/demo/)
+#   - early on the demo pair with head training and refinement cap doubled, and at level 1 (early_variants/demo_cap24, demo_level1)
 #   - whether the final output is the better teacher for the early head (early_teacher/<pair>/), on every pair
 #     whose v2 run has `early` rows, and the early head at level 1 on A1 (early_variants/A1_level1/)
 #   - BUDA-Seg's variance map against the errors (buda_uncertainty/<pair>/) on B2 once it has buda rows
@@ -50,6 +51,19 @@ demo=$(python -c "from monai_uda.data import ensure_demo_datalist; print(ensure_
 prepare "$out/v2/demo" "$docs/v2/demo" && \
 python -m monai_uda benchmark --datalist "$demo" --methods source,oracle,early,st,cbst,bn,bn_reset --seeds 0 1 2 \
   --out "$out/v2/demo" --resume --threads "$threads" && copy "$out/v2/demo" "$docs/v2/demo"
+
+# does early's gap to ST/CBST on the demo pair close with a longer budget (head training and refinement cap
+# doubled) or more refined layers? (same
+# source models as v2/demo)
+for variant in "cap24 early:max_epochs=24" "level1 early:head_levels=[1]"; do
+  set -- $variant
+  echo "=== $(date +%T) demo: early, $2"
+  if [ -f "$out/v2/demo/seed0/source/model.pt" ] && prepare "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1"; then
+    python -m monai_uda benchmark --datalist "$demo" --methods early --seeds 0 1 2 --out "$out/early_variants/demo_$1" \
+      --source-from "$out/v2/demo" --override "$2" --resume --threads "$threads" && \
+      copy "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1"
+  fi
+done
 
 echo "=== $(date +%T) A1: the early head at level 1 (refine L1 and L2), on the v2 source models"
 if [ -f "$out/v2/A1/seed0/source/model.pt" ] && prepare "$out/early_variants/A1_level1" "$docs/early_variants/A1_level1"
