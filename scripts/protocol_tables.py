@@ -166,7 +166,7 @@ def v2_summary(root: Path = ROOT) -> str:
     data = _v2(root)
     if not data:
         return "No v2 results yet.\n"
-    lines = ["| pair | source | oracle | best adaptation (significantly better than source) | label-free pick "
+    lines = ["| pair | source | oracle | best adaptation (highest mean of those significantly better than source) | label-free pick "
              "(`selected`) | seeds | methods run |", "|---|---|---|---|---|---|---|"]
     for pair, (df, pi) in data.items():
         def ms(m):
@@ -176,6 +176,10 @@ def v2_summary(root: Path = ROOT) -> str:
                   if m not in ("source", "oracle", *CONTROLS, *PICKS) and paired_test(pi, m)["mark"] == "+"]
         best = max(better) if better else None
         cell = "none" if best is None else f"{best[1]}: {ms(best[1])}"
+        if best is not None:  # the other methods better than source that the paired test cannot tell from the best
+            tied = [m for _, m in sorted(better, reverse=True)
+                    if m != best[1] and paired_test(pi, m, baseline=best[1])["mark"] == "="]
+            cell += f"; no significant difference from it: {', '.join(tied)}" if tied else "; above all others"
         sel = df[df.method == "selected"]
         if sel.empty:
             pick = "not run"
