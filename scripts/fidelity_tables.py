@@ -211,7 +211,7 @@ VERSUS_REASONS: dict[tuple[str, str, str], str | Callable[[Path], str]] = {
         "the variance map does not mark the wrong pixels, so it cannot move the loss toward them: as a detector of "
         "wrong target-test pixels the predicted variance has AUROC 0.211 ± 0.056 (below chance; the softmax entropy "
         "of the same logits 0.827 ± 0.097), and the per-round training Dice loss falls alike with and without it "
-        "(round 3: 0.153 vs 0.175), with no rise after the third round (seeds 0 1 2; "
+        "(round 3: 0.153 vs 0.175; three rounds run, so a rise after the third is not measured) (seeds 0 1 2; "
         "[buda_uncertainty/A1](buda_uncertainty/A1/), `scripts/buda_uncertainty.py`)"),
     ("early", "st", "demo"): _demo_early("st", "ST"),
     ("early", "cbst", "demo"): _demo_early("cbst", "CBST"),
