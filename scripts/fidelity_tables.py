@@ -384,8 +384,8 @@ def method_section(key: str, root: Path = ROOT, reasons: dict | None = None) -> 
 HEADER = """# Fidelity to the papers
 
 For each of the five methods, its target-test result under protocol v2 ([protocol.md](protocol.md),
-results in [v2/](v2/README.md)) on the pairs nearest to the paper's data (and, for early features, also C1, where it is the one self-training
-method that gains), beside the paper's own figure, and one
+results in [v2/](v2/README.md)) on the pairs nearest to the paper's data (and, for early features, also C1, where
+it is the one self-training method that gains), beside the paper's own figure, and one
 sentence per pair: reproduced (the method beats source significantly, as in the paper) or not, with the measured
 reason when not. Source, method and oracle: mean ± population std over the seeds run (their number in brackets);
 vs source: the paired two-sided Wilcoxon signed-rank test on per-image scores over (seed, image) at level 0.05
