@@ -201,7 +201,8 @@ def demo_models(tiny_demo_2d, tmp_path_factory):
 
 @pytest.fixture
 def no_target_labels(tiny_demo_2d, monkeypatch):
-    """Every image reader fails on a target label of the datalist; returns the list of files nibabel opened."""
+    """Every image reader fails on a target label of the datalist; returns the files read (one entry per read: a
+    reader that calls another, as ``LoadImage`` calls nibabel, records its file once) and the target images."""
     import json
 
     import monai.transforms
@@ -215,27 +216,31 @@ def no_target_labels(tiny_demo_2d, monkeypatch):
                  for key in ("target_test", "oracle_training", "oracle_validation") for it in dl.get(key, [])}
     assert forbidden
     opened: list[str] = []
+    depth = [0]  # readers in progress: only the outermost records its file
 
-    def guard(path):
+    def guarded(real, path, *a, **k):
         for p in (path if isinstance(path, (list, tuple)) else [path]):
             p = os.path.normpath(os.fspath(p))
             if p in forbidden:
                 raise AssertionError(f"a target label was opened: {p}")
-            opened.append(p)
+            if not depth[0]:
+                opened.append(p)
+        depth[0] += 1
+        try:
+            return real(path, *a, **k)
+        finally:
+            depth[0] -= 1
 
     real_nib, real_read, real_call = nibabel.load, datalist.read_array, monai.transforms.LoadImage.__call__
 
     def nib_load(path, *a, **k):
-        guard(path)
-        return real_nib(path, *a, **k)
+        return guarded(real_nib, path, *a, **k)
 
     def read_array(path, *a, **k):
-        guard(path)
-        return real_read(path, *a, **k)
+        return guarded(real_read, path, *a, **k)
 
     def load_image(self, filename, *a, **k):
-        guard(filename)
-        return real_call(self, filename, *a, **k)
+        return guarded(lambda f, *a2, **k2: real_call(self, f, *a2, **k2), filename, *a, **k)
 
     monkeypatch.setattr(nibabel, "load", nib_load)
     monkeypatch.setattr(datalist, "read_array", read_array)

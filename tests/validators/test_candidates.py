@@ -137,7 +137,7 @@ def test_target_images_and_source_statistics_never_open_a_target_label(tiny_demo
     opened.clear()
     stats = source_statistics(tiny_demo_2d, limit=2)
     source_labels = [os.path.normpath(os.path.join(base, it["label"])) for it in dl["source_training"][:2]]
-    assert set(source_labels) <= set(opened) and len(set(opened)) == 4  # 2 images, 2 labels
+    assert set(source_labels) <= set(opened) and len(opened) == 4  # 2 images, 2 labels, each read once
     assert stats.num_classes == 2 and 0.05 < float(stats.class_fractions[0]) < 0.5  # white matter
     assert len(stats.log_component_sizes[0]) > 0
 
