@@ -265,6 +265,8 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
             atomic_write_text(os.path.join(out, PARTIAL_DIR, "per_image.csv"),
                               pd.concat(images, ignore_index=True).to_csv(index=False))
     bar.close()
+    if resume:  # finished rows of methods or seeds this run does not ask for stay in the table
+        rows, images = _with_kept_rows(rows, images, done, done_images, {(m, s) for s, m in jobs})
     df = pd.DataFrame(rows)
     if "dice" in df:
         df["dice_loss"] = 1.0 - df["dice"]  # the "Dice loss" column of the BUDA-Seg paper's tables
@@ -284,6 +286,25 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
     return df
+
+
+def _with_kept_rows(rows: list[dict[str, Any]], images: list[pd.DataFrame], done: dict[tuple[str, int], dict[str, Any]],
+                    done_images: pd.DataFrame | None, asked: set[tuple[str, int]]):
+    """``rows`` and ``images`` with the earlier run's rows outside ``asked`` added, ordered by seed, then by method
+    in the earlier table's order (new methods last), so that resuming with fewer methods never drops a result."""
+    kept = [r for k, r in done.items() if k not in asked]
+    rows = rows + kept
+    if done_images is not None:
+        images = images + [done_images[(done_images.method == r["method"]) & (done_images.seed == r["seed"])]
+                           for r in kept]
+    order = {m: i for i, m in enumerate(dict.fromkeys([m for m, _ in done] + [r["method"] for r in rows]))}
+    rows = sorted(rows, key=lambda r: (int(r["seed"]), order[r["method"]]))
+    frames = [f for f in images if len(f)]
+    if frames:
+        df = pd.concat(frames, ignore_index=True)
+        rank = df.seed.astype(int) * len(order) + df.method.map(order)
+        images = [df.iloc[rank.argsort(kind="stable")].reset_index(drop=True)]
+    return rows, images
 
 
 def _per_image_table(frames: list[pd.DataFrame]) -> pd.DataFrame:

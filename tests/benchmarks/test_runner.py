@@ -60,6 +60,24 @@ def test_resume_keeps_finished_rows(tmp_path, tiny_demo_2d, monkeypatch):
     assert len(pd.read_csv(tmp_path / "per_image.csv")) == n_test  # the finished row's per-image results are kept
 
 
+def test_resume_with_fewer_methods_keeps_the_other_rows(tmp_path, tiny_demo_2d, monkeypatch):
+    """A staged run resumes each stage with a subset of the methods: rows it does not ask for stay in the table."""
+    from monai_uda.benchmarks import methods, runner
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=1, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+    first = run_benchmark(tiny_demo_2d, ["source", "oracle", "bn"], str(tmp_path), mode="quick", progress=False)
+    calls = []
+    monkeypatch.setattr(methods, "_train", lambda *a, **k: calls.append(a) or "never")
+    df = run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), mode="quick", progress=False, resume=True)
+    assert calls == [] and list(df.method) == ["source", "oracle", "bn"]
+    assert list(df.dice) == pytest.approx(list(first.dice))
+    per_image = pd.read_csv(tmp_path / "per_image.csv")
+    n_test = len(json.load(open(tiny_demo_2d))["target_test"])
+    assert len(per_image) == 3 * n_test and list(dict.fromkeys(per_image.method)) == ["source", "oracle", "bn"]
+    assert "| bn |" in (tmp_path / "results.md").read_text()
+
+
 def test_source_from_reuses_another_runs_source_models(tmp_path, tiny_demo_2d, monkeypatch):
     from monai_uda.benchmarks import methods, runner
 
