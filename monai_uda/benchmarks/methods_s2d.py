@@ -81,8 +81,9 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
     facts["source_forests"] = int(wf.parser.get_parsed_content("n_forests"))
     facts["source_forests_s"] = round(time.time() - t, 2)
     t = time.time()
-    run_bundle(BUNDLE, "train_enhancer.json", workflow_type=None, **ov)
+    wf = run_bundle(BUNDLE, "train_enhancer.json", workflow_type=None, **ov)
     facts["enhancer_train_s"] = round(time.time() - t, 2)
+    facts["enhancer_epochs"] = int(wf.parser.get_parsed_content("max_epochs"))  # the row's enhancer budget
     wf = run_bundle(
         BUNDLE, "adapt.json", workflow_type=None,
         initialize=["$monai.utils.set_determinism(seed=@seed)"],
@@ -107,7 +108,8 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
 
 def _extra(facts: dict, **more) -> dict:
     keep = ("scribble_simulated", "scribble_images", "scribble_pixels", "scribble_fg_pixels", "source_forests",
-            "source_forests_s", "enhancer_train_s", "target_forest_features_s", "target_forest_fit_s")
+            "source_forests_s", "enhancer_epochs", "enhancer_train_s", "target_forest_features_s",
+            "target_forest_fit_s")
     return {**{k: facts[k] for k in keep if k in facts}, **more}
 
 

@@ -29,3 +29,4 @@ def test_quick_benchmark_runs_all_s2d_methods(tmp_path, tiny_demo_2d, monkeypatc
     assert csv.scribble_pixels.nunique() == 1  # one scribble set and target forest shared by the five methods
     assert (csv.loc[csv.method.str.startswith("s2d"), "epochs"] == 1).all()
     assert csv.enhancer_train_s.notna().all() and csv.target_forest_fit_s.notna().all()
+    assert (csv.enhancer_epochs == 1).all()  # each row records the enhancer budget it ran with (the quick cap)

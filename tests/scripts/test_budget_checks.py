@@ -86,7 +86,10 @@ def test_a_check_whose_1x_budget_the_bundle_left_reads_its_own_1x_rows(tmp_path)
     _per_image(tmp_path / "v2" / "A1" / "per_image.csv", "enhancer", old + 0.2)
     _per_image(tmp_path / "budget" / "s2d_enhancer" / "per_image_1x.csv", "enhancer", old)
     _per_image(tmp_path / "budget" / "s2d_enhancer" / "per_image.csv", "enhancer", old + 0.2)
+    _per_image(tmp_path / "budget" / "s2d_enhancer_48" / "per_image_1x.csv", "enhancer", old + 0.1)
     _per_image(tmp_path / "budget" / "s2d_enhancer_48" / "per_image.csv", "enhancer", old + 0.2)
     table = budget_checks.budget_table(tmp_path)
     assert "+0.200" in _row(table, "s2d_enhancer") and "more helps" in _row(table, "s2d_enhancer")
-    assert "+0.000" in _row(table, "s2d_enhancer_48")  # 1x read from v2: the same rows
+    assert "+0.100" in _row(table, "s2d_enhancer_48")  # its own 1x rows, not the v2 rows (+0.200 away)
+    # the next doubling compares against the 48-epoch rows, and has no 2x rows yet
+    assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_96")

@@ -1,0 +1,75 @@
+"""Drop benchmark rows made at a budget the bundle has since left, so that ``--resume`` runs them again.
+
+A row records the budget it ran with where a bundle's budget has changed after rows were made: each row of the
+shallow-to-deep family (``rf``, ``enhancer``, ``s2d``, ``s2d_noteacher``, ``s2d_norect``, which share one
+Prediction Enhancer per seed) records ``enhancer_epochs``. A row is stale when that column differs from
+``train_enhancer.json``'s ``max_epochs``; a row that lacks it was made before it was recorded, at 24 epochs.
+
+    python scripts/stale_rows.py FOLDER [FOLDER ...]          # list the stale rows
+    python scripts/stale_rows.py FOLDER [FOLDER ...] --drop   # remove them (and their per-image rows)
+
+FOLDER is a benchmark folder (``results.csv``, ``per_image.csv``), e.g. ``results/v2/A1``; rerun it with
+``--resume`` (``scripts/full_benchmarks.sh``). Other rows are kept as they are: a ``selected`` row keeps the pick
+it made among the candidates of its time (rerunning it needs every candidate's model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from monai_uda.utils import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+S2D_FAMILY = ("rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect")
+#: the enhancer's epochs in every row made before rows recorded them
+UNRECORDED_EPOCHS = 24
+
+
+def enhancer_epochs(repo: Path = REPO) -> int:
+    """The Prediction Enhancer's ``max_epochs`` in the shallow-to-deep bundle."""
+    cfg = repo / "bundles" / "shallow2deep_segmentation" / "configs" / "train_enhancer.json"
+    return int(json.loads(cfg.read_text())["max_epochs"])
+
+
+def stale(results: pd.DataFrame, epochs: int) -> pd.DataFrame:
+    """The (method, seed) rows of the shallow-to-deep family whose enhancer did not train ``epochs`` epochs."""
+    family = results[results.method.isin(S2D_FAMILY)]
+    recorded = family["enhancer_epochs"] if "enhancer_epochs" in family else pd.Series(float("nan"), family.index)
+    return family[recorded.fillna(UNRECORDED_EPOCHS) != epochs][["method", "seed"]]
+
+
+def drop(folder: Path, epochs: int) -> pd.DataFrame:
+    """Remove the stale rows of ``folder`` from its ``results.csv`` and ``per_image.csv``; returns them."""
+    results = pd.read_csv(folder / "results.csv")
+    gone = stale(results, epochs)
+    if gone.empty:
+        return gone
+    keys = set(zip(gone.method, gone.seed.astype(int)))
+    keep = lambda df: df[[(m, int(s)) not in keys for m, s in zip(df.method, df.seed)]]  # noqa: E731
+    atomic_write_text(folder / "results.csv", keep(results).to_csv(index=False))
+    if (folder / "per_image.csv").is_file():
+        atomic_write_text(folder / "per_image.csv", keep(pd.read_csv(folder / "per_image.csv")).to_csv(index=False))
+    return gone
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("folders", nargs="+", type=Path)
+    p.add_argument("--drop", action="store_true", help="remove the stale rows (default: list them)")
+    a = p.parse_args()
+    epochs = enhancer_epochs()
+    for folder in a.folders:
+        if not (folder / "results.csv").is_file():
+            raise SystemExit(f"{folder / 'results.csv'}: not found")
+        rows = drop(folder, epochs) if a.drop else stale(pd.read_csv(folder / "results.csv"), epochs)
+        what = "dropped" if a.drop else "stale"
+        print(f"{folder}: {len(rows)} {what} row(s) (enhancer_epochs != {epochs})"
+              + ("" if rows.empty else ": " + ", ".join(f"{m} seed {s}" for m, s in zip(rows.method, rows.seed))))
+
+
+if __name__ == "__main__":
+    main()

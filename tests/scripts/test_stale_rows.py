@@ -1,0 +1,42 @@
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import stale_rows  # noqa: E402
+
+
+def _folder(tmp_path: Path, rows: list[tuple[str, int, float]]) -> Path:
+    results = pd.DataFrame([{"pair": "A1", "method": m, "seed": s, "dice": 0.5, "enhancer_epochs": e}
+                            for m, s, e in rows])
+    results.to_csv(tmp_path / "results.csv", index=False)
+    per_image = pd.DataFrame([{"pair": "A1", "method": m, "seed": s, "name": f"img{i}", "dice": 0.5}
+                              for m, s, _ in rows for i in range(3)])
+    per_image.to_csv(tmp_path / "per_image.csv", index=False)
+    return tmp_path
+
+
+def test_drop_removes_only_the_family_rows_at_another_budget(tmp_path):
+    nan = float("nan")
+    folder = _folder(tmp_path, [("source", 0, nan), ("rf", 0, 24), ("enhancer", 0, nan), ("s2d", 0, 48),
+                                ("selected", 0, nan), ("rf", 1, 48)])
+    gone = stale_rows.drop(folder, 48)
+    assert sorted(zip(gone.method, gone.seed)) == [("enhancer", 0), ("rf", 0)]
+    left = pd.read_csv(folder / "results.csv")
+    assert list(zip(left.method, left.seed)) == [("source", 0), ("s2d", 0), ("selected", 0), ("rf", 1)]
+    per_image = pd.read_csv(folder / "per_image.csv")
+    assert len(per_image) == 4 * 3 and not ((per_image.method == "rf") & (per_image.seed == 0)).any()
+    assert stale_rows.drop(folder, 48).empty  # a second run (a resumed queue) drops nothing more
+
+
+def test_rows_made_before_the_column_was_recorded_count_as_24_epochs(tmp_path):
+    pd.DataFrame([{"method": "enhancer", "seed": 0, "dice": 0.5}, {"method": "bn", "seed": 0, "dice": 0.5}]) \
+        .to_csv(tmp_path / "results.csv", index=False)
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert stale_rows.stale(results, 24).empty
+    assert list(stale_rows.stale(results, 48).method) == ["enhancer"]
+
+
+def test_the_bundle_budget_is_read_from_its_config():
+    assert stale_rows.enhancer_epochs() > 0
