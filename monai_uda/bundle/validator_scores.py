@@ -123,7 +123,7 @@ def _record(checkpoint: str, network: torch.nn.Module, uda: Any, source_checkpoi
     from monai_uda.validators import score_candidates, select
     from monai_uda.validators.candidates import default_inferer, source_statistics, target_images
     from monai_uda.validators.registry import validator_needs
-    from monai_uda.validators.score import TIMING_COLUMNS
+    from monai_uda.validators.score import TIMING_COLUMNS, why_unavailable
     from monai_uda.validators.selection import DEFAULT_RULE
 
     source = os.fspath(source_checkpoint) if source_checkpoint else None
@@ -137,12 +137,13 @@ def _record(checkpoint: str, network: torch.nn.Module, uda: Any, source_checkpoi
         names = []
         for n in validators:
             needs = validator_needs(n)
-            if "source" in needs and "source" not in candidates:
-                missing[n] = f"source model not found: {source}" if source_missing else "no source model"
-            elif "others" in needs:
-                missing[n] = "compares many candidates (monai-uda select)"
-            elif n == "mixval" and len(images) < 2:
-                missing[n] = "needs two target images"
+            # the record scores two models, too few for a validator that compares every candidate
+            why = "compares many candidates (monai-uda select)" if "others" in needs else why_unavailable(
+                n, len(candidates), len(images), "source" in candidates, has_statistics=True)
+            if why and "source" in needs and source_missing:
+                why = f"source model not found: {source}"
+            if why:
+                missing[n] = why
             else:
                 names.append(n)
         needs_prior = any("source_statistics" in validator_needs(n) for n in names)

@@ -83,7 +83,7 @@ def mixval_score(network: torch.nn.Module, images: Sequence[torch.Tensor], infer
     return 0.0 if math.isnan(score) else score
 
 
-@register_validator("mixval", needs={"network"})
+@register_validator("mixval", needs={"network", "image_pairs"})
 def _mixval(candidate: Candidate, lam: float = 0.55, region: str = "both", seed: int = 0) -> float:
     return mixval_score(candidate.network, candidate.images, candidate.inferer, candidate.device, lam, region,
                         seed, candidate.predictions)

@@ -10,7 +10,8 @@ inputs and order the work:
   or the source network (``candidate.source_network``);
 - ``"others"``: every other candidate's argmax maps (``predictions.others_argmax``); such validators run
   after every candidate has been predicted, and get argmax maps only (``predictions.probabilities`` is None);
-- ``"source_statistics"``: statistics of the *source* labels (``candidate.source_statistics``).
+- ``"source_statistics"``: statistics of the *source* labels (``candidate.source_statistics``);
+- ``"image_pairs"``: mixes two target images, so it needs at least two.
 
 This module imports nothing of the package, so a method package can register its own validators
 (``@register_validator("w2_shift", needs={"network", "source"})``) without a cycle.
@@ -26,7 +27,7 @@ __all__ = ["VALIDATORS", "NEEDS", "register_validator", "get_validator", "valida
 VALIDATORS: dict[str, Callable[..., float]] = {}
 
 #: what a validator may declare in ``needs``
-NEEDS = frozenset({"network", "source", "others", "source_statistics"})
+NEEDS = frozenset({"network", "source", "others", "source_statistics", "image_pairs"})
 
 
 def register_validator(name: str, needs: Iterable[str] = ()) -> Callable:

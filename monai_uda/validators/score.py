@@ -21,19 +21,34 @@ from tqdm.auto import tqdm
 from .predictions import Candidate, Predictions, check_images, predict_probabilities
 from .registry import get_validator, validator_needs
 
-__all__ = ["TIMING_COLUMNS", "default_validators", "score_candidates"]
+__all__ = ["TIMING_COLUMNS", "CHEAP_VALIDATORS", "default_validators", "why_unavailable", "score_candidates"]
 
 TIMING_COLUMNS = ("inference_seconds", "validator_seconds")
+
+#: the validators that need at most about one extra inference pass, in the order of :func:`default_validators`
+CHEAP_VALIDATORS = ("entropy", "im", "source_agreement", "consensus", "mixval", "foreground_fraction",
+                    "component_sizes")
+
+
+def why_unavailable(name: str, num_candidates: int, num_images: int, has_source: bool,
+                    has_statistics: bool) -> str | None:
+    """Why the validator ``name`` cannot score here (an input its ``needs`` declares is missing), or None."""
+    needs = validator_needs(name)
+    if "source" in needs and not has_source:
+        return "no source model"
+    if "source_statistics" in needs and not has_statistics:
+        return "no source label statistics"
+    if "others" in needs and num_candidates < 2:
+        return "compares candidates: needs at least two"
+    if "image_pairs" in needs and num_images < 2:
+        return "needs two target images"
+    return None
 
 
 def default_validators(num_candidates: int, num_images: int, has_source: bool, has_statistics: bool) -> list[str]:
     """The validators that need at most about one extra inference pass and whose inputs are available."""
-    names = ["entropy", "im"]
-    names += ["source_agreement"] if has_source else []
-    names += ["consensus"] if num_candidates > 1 else []
-    names += ["mixval"] if num_images > 1 else []
-    names += ["foreground_fraction", "component_sizes"] if has_statistics else []
-    return names
+    return [n for n in CHEAP_VALIDATORS
+            if why_unavailable(n, num_candidates, num_images, has_source, has_statistics) is None]
 
 
 def score_candidates(candidates: Mapping[str, torch.nn.Module], images: Sequence[torch.Tensor],

@@ -15,7 +15,7 @@ def test_every_family_registers_its_validators_with_what_they_need():
     assert validator_needs("entropy") == frozenset()
     assert validator_needs("source_agreement") == {"source"}
     assert validator_needs("consensus") == {"others"}
-    assert validator_needs("mixval") == {"network"}
+    assert validator_needs("mixval") == {"network", "image_pairs"}
     assert validator_needs("component_sizes") == {"source_statistics"}
 
 

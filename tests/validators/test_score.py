@@ -81,3 +81,15 @@ def test_missing_inputs_are_named():
     assert list(df.columns)[:4] == ["entropy", "im", "consensus", "mixval"] and not df.isna().any().any()
     assert all(math.isfinite(v) for v in df["im"])
     assert isinstance(df, pd.DataFrame)
+
+
+def test_why_unavailable_reads_each_validators_needs_and_drives_the_defaults():
+    from monai_uda.validators.score import CHEAP_VALIDATORS, default_validators, why_unavailable
+
+    assert why_unavailable("source_agreement", 3, 4, has_source=False, has_statistics=True) == "no source model"
+    assert why_unavailable("foreground_fraction", 3, 4, True, has_statistics=False) == "no source label statistics"
+    assert why_unavailable("consensus", 1, 4, True, True) == "compares candidates: needs at least two"
+    assert why_unavailable("mixval", 3, 1, True, True) == "needs two target images"
+    assert why_unavailable("entropy", 1, 1, False, False) is None
+    assert default_validators(3, 4, True, True) == list(CHEAP_VALIDATORS)
+    assert default_validators(1, 1, False, False) == ["entropy", "im"]
