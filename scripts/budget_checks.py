@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from monai_uda.benchmarks.runner import source_model_path
+from monai_uda.bundle.stages import model_card_path
 from monai_uda.evaluation.significance import paired_test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def run(check: Check, data_root: str, out_root: Path, threads: int) -> None:
     cmd = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
            "--methods", check.method, "--seeds", "0", "1", "2", "--out", str(out), "--resume",
            "--threads", str(threads)]
-    if check.needs_source and all(Path(source_model_path(str(one), s)).is_file() for s in (0, 1, 2)):
+    if check.needs_source and all(Path(model_card_path(source_model_path(str(one), s))).is_file() for s in (0, 1, 2)):
         cmd += ["--source-from", str(one)]
     elif check.needs_source:  # another machine: each seed's source model is trained again (deterministic per seed
         print(f"{check.name}: no source models in {one}; the check trains its own (same seeds)")  # and threads)

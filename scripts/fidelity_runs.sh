@@ -55,14 +55,19 @@ python -m monai_uda benchmark --datalist "$demo" --methods source,oracle,early,s
 # does early's gap to ST/CBST on the demo pair close with a longer budget (head training and refinement cap
 # doubled) or more refined layers? (same
 # source models as v2/demo)
+# On a machine without v2/demo's source models (a card beside each: training finished), a variant trains its own,
+# with v2/demo's seeds and thread count, so the same source models as v2/demo's rows.
 for variant in "cap24 early:max_epochs=24" "level1 early:head_levels=[1]"; do
   set -- $variant
   echo "=== $(date +%T) demo: early, $2"
-  if [ -f "$out/v2/demo/seed0/source/model.pt" ] && prepare "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1"; then
-    python -m monai_uda benchmark --datalist "$demo" --methods early --seeds 0 1 2 --out "$out/early_variants/demo_$1" \
-      --source-from "$out/v2/demo" --override "$2" --resume --threads "$threads" && \
-      copy "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1"
-  fi
+  prepare "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1" || continue
+  threads=$(python scripts/pair_threads.py "$out/v2/demo" "$docs/v2/demo" --default "$threads") || continue
+  export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+  reuse=()
+  ls "$out"/v2/demo/seed{0,1,2}/source/model.card.json >/dev/null 2>&1 && reuse=(--source-from "$out/v2/demo")
+  python -m monai_uda benchmark --datalist "$demo" --methods source,early --seeds 0 1 2 \
+    --out "$out/early_variants/demo_$1" "${reuse[@]}" --override "$2" --resume --threads "$threads" && \
+    copy "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1"
 done
 
 echo "=== $(date +%T) A1: the early head at level 1 (refine L1 and L2), on the v2 source models"
@@ -83,8 +88,12 @@ for run in "$out/v2/A1" "$out/v2/B2" "$out/v2/C1" "$out/v2/D1" "$out/v2/demo"; d
   fi
 done
 
-if ls "$out/v2/B2"/seed*/buda/variance_model.pt >/dev/null 2>&1; then
-  echo "=== $(date +%T) BUDA-Seg variance vs errors: B2"
-  python scripts/buda_uncertainty.py "$out/v2/B2" --out "$docs/buda_uncertainty/B2"
-fi
+# on B2's v2 run where its buda models are on this machine, else on the seeds 3-4 run above (which made its own)
+for run in "$out/v2/B2" "$out/v2_extra/B2_seeds34"; do
+  if ls "$run"/seed*/buda/variance_model.pt >/dev/null 2>&1; then
+    echo "=== $(date +%T) BUDA-Seg variance vs errors: B2 ($run)"
+    python scripts/buda_uncertainty.py "$run" --out "$docs/buda_uncertainty/B2"
+    break
+  fi
+done
 python scripts/fidelity_tables.py --write

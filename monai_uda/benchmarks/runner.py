@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from monai_uda.bundle.stages import model_card_path
 from monai_uda.evaluation.significance import ALPHA, paired_test
 from monai_uda.utils import atomic_write, atomic_write_text, folder_lock
 
@@ -182,10 +183,11 @@ def run_benchmark(
     if source_from is not None:
         if "source" in overrides:
             raise ValueError("--override source:... has no effect with --source-from (the source models are reused)")
-        missing = [p for p in (source_model_path(source_from, s) for s in seeds) if not os.path.isfile(p)]
+        missing = [p for p in (source_model_path(source_from, s) for s in seeds)
+                   if not os.path.isfile(model_card_path(p))]
         if missing:
-            raise FileNotFoundError(f"--source-from {source_from}: no source model {missing[0]} (run the benchmark "
-                                    "there first, with the same seeds)")
+            raise FileNotFoundError(f"--source-from {source_from}: no finished source model {missing[0]} (its card "
+                                    "is written when training ends; run the benchmark there first, with the same seeds)")
     uda = UDAData(datalist)  # validate once, deeply, before any training
     with folder_lock(out):  # a second run into the same folder is refused, not raced
         return _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progress, resume, overrides,
@@ -226,7 +228,9 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
             finished = source_model_path(out, _seed)
             if "source" not in cache and source_from is not None:
                 cache["source"] = source_model_path(source_from, _seed)
-            if "source" not in cache and resume and os.path.isfile(finished):
+            # model.pt is written at each best validation while the source trains: only its card, written when
+            # training ends, says the model is finished (an interrupted training is run again, from the start)
+            if "source" not in cache and resume and os.path.isfile(model_card_path(finished)):
                 cache["source"] = finished
             if "source" not in cache:
                 t = time.time()

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -78,6 +79,27 @@ def test_resume_with_fewer_methods_keeps_the_other_rows(tmp_path, tiny_demo_2d, 
     assert "| bn |" in (tmp_path / "results.md").read_text()
 
 
+def test_resume_trains_again_a_source_model_whose_training_did_not_finish(tmp_path, tiny_demo_2d, monkeypatch):
+    """model.pt appears at the first best validation; a resumed run takes it only with its card (training done)."""
+    from monai_uda.benchmarks import runner
+    from monai_uda.bundle.stages import model_card_path
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=1, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+    run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), mode="quick", progress=False)
+    model = runner.source_model_path(str(tmp_path), 0)
+    trained = []
+    monkeypatch.setattr(runner, "train_source", lambda ctx: trained.append(ctx.seed) or model)
+    run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path), mode="quick", progress=False, resume=True)
+    assert trained == []  # finished: its card is there
+    os.remove(model_card_path(model))  # as if the run had stopped during the source training
+    shutil.rmtree(tmp_path / runner.PARTIAL_DIR, ignore_errors=True)
+    df = pd.read_csv(tmp_path / "results.csv")
+    df[df.method == "source"].to_csv(tmp_path / "results.csv", index=False)  # bn still to run
+    run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path), mode="quick", progress=False, resume=True)
+    assert trained == [0]
+
+
 def test_source_from_reuses_another_runs_source_models(tmp_path, tiny_demo_2d, monkeypatch):
     from monai_uda.benchmarks import methods, runner
 
@@ -146,3 +168,14 @@ def test_rows_record_the_code_and_a_resume_with_other_code_says_so(tmp_path, tin
         df = run_benchmark(tiny_demo_2d, ["source"], str(tmp_path), mode="quick", progress=False, resume=True)
     assert df.dice.iloc[0] == 0.5  # the finished row is kept, not re-run
     assert any("other code (0123456789)" in r.getMessage() for r in caplog.records)
+
+
+def test_source_from_refuses_a_source_model_whose_training_did_not_finish(tmp_path, tiny_demo_2d):
+    from monai_uda.benchmarks.runner import source_model_path
+
+    model = source_model_path(str(tmp_path / "other"), 0)
+    os.makedirs(os.path.dirname(model))
+    open(model, "wb").close()  # written at a best validation, but no card: training did not end
+    with pytest.raises(FileNotFoundError, match=r"--source-from .*other: no finished source model .*seed0"):
+        run_benchmark(tiny_demo_2d, ["bn"], str(tmp_path / "out"), mode="quick", progress=False, seeds=[0],
+                      source_from=str(tmp_path / "other"))
