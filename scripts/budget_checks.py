@@ -6,7 +6,8 @@ method with its budget doubled (the 2x run), seeds 0 1 2, on the same source mod
 benchmark's own (1x) rows, and compares the two per image, paired over (seed, image), with the two-sided
 Wilcoxon test of the tables (level 0.05).
 
-    python scripts/budget_checks.py run [NAME ...]     # the 2x runs (one job at a time), copied to docs/
+    python scripts/budget_checks.py run [NAME ...] [--seeds K ...]   # the 2x runs (one job at a time), copied
+                                                                     # to docs/
     python scripts/budget_checks.py                    # print the table (protocol_tables.py --write puts it
                                                        # into protocol.md)
 
@@ -105,14 +106,20 @@ def _value(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def run(check: Check, data_root: str, out_root: Path, threads: int) -> None:
-    """The 2x run of ``check`` (resuming), then its outputs copied to ``docs/benchmarks/budget/<name>/``."""
+def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+    """The 2x run of ``check`` for ``seeds`` (resuming; a new machine continues from the committed rows, whose other
+    seeds stay), then its outputs copied to ``docs/benchmarks/budget/<name>/``."""
     if check.two:
         print(f"{check.name}: nothing to run (its 2x rows are {check.two})")
         return
     one = REPO / "results" / "v2" / check.pair
     out = out_root / check.name
-    for seed in (0, 1, 2):  # the 1x run's stages that this check keeps
+    dst = DOCS / "budget" / check.name
+    if not (out / "results.csv").is_file() and (dst / "results.csv").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        for f in ("results.csv", "per_image.csv"):
+            shutil.copy(dst / f, out / f)
+    for seed in seeds:  # the 1x run's stages that this check keeps
         for stage in check.reuse:
             src, dst = one / f"seed{seed}" / stage, out / f"seed{seed}" / stage
             if not src.is_dir():
@@ -120,9 +127,9 @@ def run(check: Check, data_root: str, out_root: Path, threads: int) -> None:
             if not dst.exists():
                 shutil.copytree(src, dst)
     cmd = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
-           "--methods", check.method, "--seeds", "0", "1", "2", "--out", str(out), "--resume",
+           "--methods", check.method, "--seeds", *map(str, seeds), "--out", str(out), "--resume",
            "--threads", str(threads)]
-    if check.needs_source and all(Path(model_card_path(source_model_path(str(one), s))).is_file() for s in (0, 1, 2)):
+    if check.needs_source and all(Path(model_card_path(source_model_path(str(one), s))).is_file() for s in seeds):
         cmd += ["--source-from", str(one)]
     elif check.needs_source:  # another machine: each seed's source model is trained again (deterministic per seed
         print(f"{check.name}: no source models in {one}; the check trains its own (same seeds)")  # and threads)
@@ -130,7 +137,6 @@ def run(check: Check, data_root: str, out_root: Path, threads: int) -> None:
         cmd += ["--override", f"{check.method}:{k}={_value(v)}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
-    dst = DOCS / "budget" / check.name
     dst.mkdir(parents=True, exist_ok=True)
     for f in ("results.csv", "results.md", "per_image.csv"):
         shutil.copy(out / f, dst / f)
@@ -178,6 +184,8 @@ def main() -> None:
     r.add_argument("--data-root", default=os.environ.get("MONAI_UDA_DATA", "../shared/data"))
     r.add_argument("--out", type=Path, default=REPO / "results" / "budget")
     r.add_argument("--threads", type=int, default=int(os.environ.get("MONAI_UDA_THREADS", "1")))
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="seeds to run now (default 0 1 2; the rows of other seeds are kept)")
     a = p.parse_args()
     if a.cmd != "run":
         print(budget_table())
@@ -187,7 +195,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown check(s) {unknown}; choose from {sorted(by_name)}")
     for name in a.names or list(by_name):
-        run(by_name[name], a.data_root, a.out, a.threads)
+        run(by_name[name], a.data_root, a.out, a.threads, tuple(a.seeds))
 
 
 if __name__ == "__main__":

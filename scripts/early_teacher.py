@@ -20,6 +20,9 @@ heads at several levels is refused.
 teacher on the target, so the paper's premise fails on that pair.
 
     python scripts/early_teacher.py results/v2/D1 [--out docs/benchmarks/early_teacher/D1] [--datalist DL] [--roi N]
+
+The seeds are those whose models are in the run folder; with ``--out``, the rows of other seeds already there are
+kept (a benchmark continued on another machine has only its own seeds' models).
 """
 
 from __future__ import annotations
@@ -108,6 +111,15 @@ def summary(per_image: pd.DataFrame) -> pd.DataFrame:
     return s.reset_index()
 
 
+def with_other_seeds(per_image: pd.DataFrame, earlier: pd.DataFrame | None) -> pd.DataFrame:
+    """``per_image`` with the rows of ``earlier`` (an earlier ``per_image.csv``) for seeds it does not have: seeds
+    whose models were on another machine stay in the tables."""
+    if earlier is None or earlier.empty:
+        return per_image
+    kept = earlier[~earlier.seed.isin(per_image.seed.unique())]
+    return pd.concat([kept, per_image], ignore_index=True).sort_values("seed", kind="stable").reset_index(drop=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="a benchmark folder that ran early")
@@ -129,6 +141,8 @@ def main() -> None:
     roi = a.roi or int(budget_for("full", UDAData(str(datalist)).spatial_dims)["roi_size"][0])
     per_image = pd.DataFrame([r for s in seeds for split in ("target_test", "source_validation")
                               for r in seed_rows(a.run, s, roi, datalist, split)])
+    if a.out and (a.out / "per_image.csv").is_file():
+        per_image = with_other_seeds(per_image, pd.read_csv(a.out / "per_image.csv"))
     s = summary(per_image)
     print(s.to_string(index=False, float_format="%.3f"))
     m = s.drop(columns="seed")

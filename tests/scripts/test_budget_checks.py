@@ -43,6 +43,7 @@ def test_run_reuses_the_v2_source_models_and_stages(tmp_path, monkeypatch):
     for s in (0, 1, 2):
         (repo / "results" / "v2" / "A1" / f"seed{s}" / "source").mkdir(parents=True)
         (repo / "results" / "v2" / "A1" / f"seed{s}" / "source" / "model.pt").write_text("x")
+        (repo / "results" / "v2" / "A1" / f"seed{s}" / "source" / "model.card.json").write_text("{}")  # finished
         (repo / "results" / "v2" / "A1" / f"seed{s}" / "s2d_common").mkdir(parents=True)
         (repo / "results" / "v2" / "A1" / f"seed{s}" / "s2d_common" / "facts.json").write_text("{}")
     monkeypatch.setattr(budget_checks, "REPO", repo)
@@ -93,3 +94,42 @@ def test_a_check_whose_1x_budget_the_bundle_left_reads_its_own_1x_rows(tmp_path)
     assert "+0.100" in _row(table, "s2d_enhancer_48")  # its own 1x rows, not the v2 rows (+0.200 away)
     # the next doubling compares against the 48-epoch rows, and has no 2x rows yet
     assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_96")
+
+
+def test_run_for_some_seeds_continues_from_the_committed_rows_and_reuses_finished_source_models(tmp_path, monkeypatch):
+    from monai_uda.benchmarks.runner import source_model_path
+    from monai_uda.bundle.stages import model_card_path
+
+    docs, repo = tmp_path / "docs", tmp_path / "repo"
+    monkeypatch.setattr(budget_checks, "DOCS", docs)
+    monkeypatch.setattr(budget_checks, "REPO", repo)
+    check = budget_checks.Check("past_translator", "D1", "past", "translator iterations", "12 × 20", "n/s",
+                                {"translation_epochs": 24})
+    committed = docs / "budget" / "past_translator"
+    _per_image(committed / "per_image.csv", "past", np.full((1, 2), 0.5))  # seed 0, run on another machine
+    pd.DataFrame([{"method": "past", "seed": 0, "dice": 0.5}]).to_csv(committed / "results.csv", index=False)
+    one = repo / "results" / "v2" / "D1"
+    for seed, card in ((1, True), (2, False)):  # seed 2's source training did not finish
+        model = Path(source_model_path(str(one), seed))
+        model.parent.mkdir(parents=True)
+        model.touch()
+        if card:
+            Path(model_card_path(str(model))).touch()
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        for f in ("results.csv", "results.md", "per_image.csv"):
+            (out / f).touch(exist_ok=True)
+
+    monkeypatch.setattr(budget_checks.subprocess, "run", fake_run)
+    out = tmp_path / "results"
+    budget_checks.run(check, "data", out, threads=2, seeds=(1,))
+    assert pd.read_csv(out / "past_translator" / "per_image.csv").seed.tolist() == [0, 0]  # the committed rows
+    cmd = calls[0]
+    assert cmd[cmd.index("--seeds") + 1:cmd.index("--out")] == ["1"]
+    assert cmd[cmd.index("--source-from") + 1] == str(one)
+    assert "--override" in cmd and "past:translation_epochs=24" in cmd
+    budget_checks.run(check, "data", out, threads=2, seeds=(2,))
+    assert "--source-from" not in calls[1]  # no finished source model: the run trains its own

@@ -78,3 +78,12 @@ def test_two_heads_are_refused(tmp_path, tiny_demo_2d):
     run = _run(tmp_path, tiny_demo_2d, lambda net: None, levels=(0, 1))
     with pytest.raises(ValueError, match=r"has heads at levels \[0, 1\]"):
         early_teacher.seed_rows(run, 0, 32, Path(tiny_demo_2d))
+
+
+def test_rows_of_seeds_computed_elsewhere_are_kept_and_this_runs_seeds_replace_theirs():
+    earlier = pd.DataFrame({"split": "target_test", "seed": [0, 0, 1], "image": ["a", "b", "a"],
+                            "final_before": [0.1, 0.2, 0.3]})
+    now = pd.DataFrame({"split": "target_test", "seed": [1, 2], "image": ["a", "a"], "final_before": [0.9, 0.8]})
+    merged = early_teacher.with_other_seeds(now, earlier)
+    assert list(zip(merged.seed, merged.final_before)) == [(0, 0.1), (0, 0.2), (1, 0.9), (2, 0.8)]
+    assert early_teacher.with_other_seeds(now, None) is now
