@@ -181,6 +181,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="the 2x runs (one at a time)")
     r.add_argument("names", nargs="*", help=f"checks (default all): {', '.join(c.name for c in CHECKS)}")
+    r.add_argument("--pair", default=None, help="only the checks on this pair")
     r.add_argument("--data-root", default=os.environ.get("MONAI_UDA_DATA", "../shared/data"))
     r.add_argument("--out", type=Path, default=REPO / "results" / "budget")
     r.add_argument("--threads", type=int, default=int(os.environ.get("MONAI_UDA_THREADS", "1")))
@@ -195,7 +196,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown check(s) {unknown}; choose from {sorted(by_name)}")
     for name in a.names or list(by_name):
-        run(by_name[name], a.data_root, a.out, a.threads, tuple(a.seeds))
+        if a.pair is None or by_name[name].pair == a.pair:
+            run(by_name[name], a.data_root, a.out, a.threads, tuple(a.seeds))
 
 
 if __name__ == "__main__":
