@@ -46,6 +46,15 @@ for pair in A1 B2; do
     --out "$out/v2_extra/${pair}_seeds34" --resume --threads "$threads" && copy "$out/v2_extra/${pair}_seeds34" "$docs/v2_extra/${pair}_seeds34"
 done
 
+# on B2's v2 run where its buda models are on this machine, else on the seeds 3-4 run above (which made its own)
+for run in "$out/v2/B2" "$out/v2_extra/B2_seeds34"; do
+  if ls "$run"/seed*/buda/variance_model.pt >/dev/null 2>&1; then
+    echo "=== $(date +%T) BUDA-Seg variance vs errors: B2 ($run)"
+    python scripts/buda_uncertainty.py "$run" --out "$docs/buda_uncertainty/B2"
+    break
+  fi
+done
+
 echo "=== $(date +%T) demo pair under v2: source, oracle, early, st, cbst, bn, bn_reset"
 demo=$(python -c "from monai_uda.data import ensure_demo_datalist; print(ensure_demo_datalist('$out/demo_pair', spatial_dims=2))" | tail -1)
 prepare "$out/v2/demo" "$docs/v2/demo" && \
@@ -53,18 +62,20 @@ python -m monai_uda benchmark --datalist "$demo" --methods source,oracle,early,s
   --out "$out/v2/demo" --resume --threads "$threads" && copy "$out/v2/demo" "$docs/v2/demo"
 
 # does early's gap to ST/CBST on the demo pair close with a longer budget (head training and refinement cap
-# doubled) or more refined layers? (same
-# source models as v2/demo)
-# On a machine without v2/demo's source models (a card beside each: training finished), a variant trains its own,
-# with v2/demo's seeds and thread count, so the same source models as v2/demo's rows.
+# doubled) or more refined layers? On v2/demo's source models: where they are not on this machine (a card beside
+# each: training finished), the first variant trains them again with v2/demo's seeds and thread count (the same
+# models: its source rows must equal v2/demo's) and the second reuses them.
 for variant in "cap24 early:max_epochs=24" "level1 early:head_levels=[1]"; do
   set -- $variant
   echo "=== $(date +%T) demo: early, $2"
   prepare "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1" || continue
   threads=$(python scripts/pair_threads.py "$out/v2/demo" "$docs/v2/demo" --default "$threads") || continue
   export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
-  reuse=()
-  ls "$out"/v2/demo/seed{0,1,2}/source/model.card.json >/dev/null 2>&1 && reuse=(--source-from "$out/v2/demo")
+  reuse=()  # v2/demo's source models, else those the first variant trained
+  for from in "$out/v2/demo" "$out/early_variants/demo_cap24"; do
+    if [ "$from" != "$out/early_variants/demo_$1" ] && ls "$from"/seed{0,1,2}/source/model.card.json >/dev/null 2>&1
+    then reuse=(--source-from "$from"); break; fi
+  done
   python -m monai_uda benchmark --datalist "$demo" --methods source,early --seeds 0 1 2 \
     --out "$out/early_variants/demo_$1" "${reuse[@]}" --override "$2" --resume --threads "$threads" && \
     copy "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1"
@@ -88,12 +99,4 @@ for run in "$out/v2/A1" "$out/v2/B2" "$out/v2/C1" "$out/v2/D1" "$out/v2/demo"; d
   fi
 done
 
-# on B2's v2 run where its buda models are on this machine, else on the seeds 3-4 run above (which made its own)
-for run in "$out/v2/B2" "$out/v2_extra/B2_seeds34"; do
-  if ls "$run"/seed*/buda/variance_model.pt >/dev/null 2>&1; then
-    echo "=== $(date +%T) BUDA-Seg variance vs errors: B2 ($run)"
-    python scripts/buda_uncertainty.py "$run" --out "$docs/buda_uncertainty/B2"
-    break
-  fi
-done
 python scripts/fidelity_tables.py --write
