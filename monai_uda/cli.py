@@ -457,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores (CI); default is the full mode")
     run_options(b, seeds=[0, 1, 2])
     b.add_argument("--resume", action="store_true",
-                   help="keep finished (method, seed) results and the trained source model in --out")
+                   help="keep finished (method, seed) results in --out (those of methods and seeds not asked for "
+                        "too) and each seed's finished source model (the card beside it)")
     b.add_argument("--override", action="append", default=[], metavar="METHOD:KEY=VALUE", type=_override_item,
                    help="override a config item of a method's bundle runs (repeatable), e.g. bn:mode=ema")
     b.add_argument("--source-from", default=None, metavar="DIR",

@@ -7,7 +7,7 @@
 #                                                                           $MONAI_UDA_DATA)
 #
 # Per seed, after the benchmark rows (copied to docs/benchmarks/v2/PAIR/):
-#   - the validator study's selection table (monai-uda select --bench, docs/benchmarks/selection/PAIR/seed<k>/)
+#   - the validator study's selection table (monai-uda select --bench: docs/benchmarks/selection/PAIR/seed<k>/)
 #   - the early teacher analysis where the plan runs early (docs/benchmarks/early_teacher/PAIR/)
 #   - the diminishing-returns checks on PAIR (scripts/budget_checks.py run --pair PAIR --seeds k)
 # then the pages' tables. Everything resumes: a new machine continues from the committed rows.
@@ -34,16 +34,14 @@ for seed in $seeds; do
   python scripts/protocol_tables.py --write
   echo "=== $(date +%T) $pair seed $seed: selection table"
   sel=results/selection/$pair/seed$seed
-  monai-uda select --datalist "$out/$pair.json" --bench "$out" --seed "$seed" \
+  python -m monai_uda select --datalist "$out/$pair.json" --bench "$out" --seed "$seed" \
     --validators entropy im source_agreement consensus mixval foreground_fraction component_sizes w2_shift \
     --out "$sel" --threads "$threads" && mkdir -p "$docs/selection/$pair/seed$seed" && \
     cp "$sel"/selection.{csv,json,png} "$docs/selection/$pair/seed$seed/" && python scripts/validator_study.py --write
   if [[ ",$methods," == *",early,"* ]]; then
     echo "=== $(date +%T) $pair seed $seed: early teacher"
     mkdir -p "$docs/early_teacher/$pair" && \
-      python scripts/early_teacher.py "$out" --datalist "$out/$pair.json" --out "$docs/early_teacher/$pair" && \
-      echo "python scripts/early_teacher.py $out --datalist $out/$pair.json --out $docs/early_teacher/$pair   # seed by seed (scripts/benchmark_by_seed.sh); other seeds' rows kept" \
-        > "$docs/early_teacher/$pair/command.txt"
+      python scripts/early_teacher.py "$out" --datalist "$out/$pair.json" --out "$docs/early_teacher/$pair"
   fi
   echo "=== $(date +%T) $pair seed $seed: budget checks on $pair"
   python scripts/budget_checks.py run --pair "$pair" --seeds "$seed" --threads "$threads"

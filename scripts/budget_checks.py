@@ -116,16 +116,18 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
     out = out_root / check.name
     dst = DOCS / "budget" / check.name
     if not (out / "results.csv").is_file() and (dst / "results.csv").is_file():
+        if not (dst / "per_image.csv").is_file():
+            raise SystemExit(f"{check.name}: {dst / 'per_image.csv'} not found beside {dst / 'results.csv'}")
         out.mkdir(parents=True, exist_ok=True)
         for f in ("results.csv", "per_image.csv"):
             shutil.copy(dst / f, out / f)
     for seed in seeds:  # the 1x run's stages that this check keeps
         for stage in check.reuse:
-            src, dst = one / f"seed{seed}" / stage, out / f"seed{seed}" / stage
-            if not src.is_dir():
-                raise SystemExit(f"{check.name}: {src} not found (run the v2 benchmark of {check.pair} first)")
-            if not dst.exists():
-                shutil.copytree(src, dst)
+            kept, copy = one / f"seed{seed}" / stage, out / f"seed{seed}" / stage
+            if not kept.is_dir():
+                raise SystemExit(f"{check.name}: {kept} not found (run the v2 benchmark of {check.pair} first)")
+            if not copy.exists():
+                shutil.copytree(kept, copy)
     cmd = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
            "--methods", check.method, "--seeds", *map(str, seeds), "--out", str(out), "--resume",
            "--threads", str(threads)]
@@ -195,9 +197,11 @@ def main() -> None:
     unknown = [n for n in a.names if n not in by_name]
     if unknown:
         raise SystemExit(f"unknown check(s) {unknown}; choose from {sorted(by_name)}")
-    for name in a.names or list(by_name):
-        if a.pair is None or by_name[name].pair == a.pair:
-            run(by_name[name], a.data_root, a.out, a.threads, tuple(a.seeds))
+    names = [n for n in a.names or list(by_name) if a.pair is None or by_name[n].pair == a.pair]
+    if not names:
+        print(f"no check on pair {a.pair} among {a.names or 'all checks'}")
+    for name in names:
+        run(by_name[name], a.data_root, a.out, a.threads, tuple(a.seeds))
 
 
 if __name__ == "__main__":

@@ -46,11 +46,12 @@ for pair in A1 B2; do
     --out "$out/v2_extra/${pair}_seeds34" --resume --threads "$threads" && copy "$out/v2_extra/${pair}_seeds34" "$docs/v2_extra/${pair}_seeds34"
 done
 
-# on B2's v2 run where its buda models are on this machine, else on the seeds 3-4 run above (which made its own)
-for run in "$out/v2/B2" "$out/v2_extra/B2_seeds34"; do
-  if ls "$run"/seed*/buda/variance_model.pt >/dev/null 2>&1; then
-    echo "=== $(date +%T) BUDA-Seg variance vs errors: B2 ($run)"
-    python scripts/buda_uncertainty.py "$run" --out "$docs/buda_uncertainty/B2"
+# on B2's v2 run where its buda models are on this machine (buda_uncertainty/B2), else on the seeds 3-4 run above,
+# which made its own (buda_uncertainty/B2_seeds34)
+for run in "$out/v2/B2:B2" "$out/v2_extra/B2_seeds34:B2_seeds34"; do
+  if ls "${run%%:*}"/seed*/buda/variance_model.pt >/dev/null 2>&1; then
+    echo "=== $(date +%T) BUDA-Seg variance vs errors: ${run##*:}"
+    python scripts/buda_uncertainty.py "${run%%:*}" --out "$docs/buda_uncertainty/${run##*:}"
     break
   fi
 done
@@ -66,23 +67,23 @@ python -m monai_uda benchmark --datalist "$demo" --methods source,oracle,early,s
 # each: training finished), the first variant trains them again with v2/demo's seeds and thread count (the same
 # models: its source rows must equal v2/demo's) and the second reuses them.
 for variant in "cap24 early:max_epochs=24" "level1 early:head_levels=[1]"; do
-  set -- $variant
-  echo "=== $(date +%T) demo: early, $2"
-  prepare "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1" || continue
+  read -r name override <<< "$variant"
+  echo "=== $(date +%T) demo: early, $override"
+  prepare "$out/early_variants/demo_$name" "$docs/early_variants/demo_$name" || continue
   threads=$(python scripts/pair_threads.py "$out/v2/demo" "$docs/v2/demo" --default "$threads") || continue
   export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
   reuse=()  # v2/demo's source models, else those the first variant trained
   for from in "$out/v2/demo" "$out/early_variants/demo_cap24"; do
-    if [ "$from" != "$out/early_variants/demo_$1" ] && ls "$from"/seed{0,1,2}/source/model.card.json >/dev/null 2>&1
+    if [ "$from" != "$out/early_variants/demo_$name" ] && ls "$from"/seed{0,1,2}/source/model.card.json >/dev/null 2>&1
     then reuse=(--source-from "$from"); break; fi
   done
   python -m monai_uda benchmark --datalist "$demo" --methods source,early --seeds 0 1 2 \
-    --out "$out/early_variants/demo_$1" "${reuse[@]}" --override "$2" --resume --threads "$threads" && \
-    copy "$out/early_variants/demo_$1" "$docs/early_variants/demo_$1"
+    --out "$out/early_variants/demo_$name" ${reuse[@]+"${reuse[@]}"} --override "$override" --resume \
+    --threads "$threads" && copy "$out/early_variants/demo_$name" "$docs/early_variants/demo_$name"
 done
 
 echo "=== $(date +%T) A1: the early head at level 1 (refine L1 and L2), on the v2 source models"
-if [ -f "$out/v2/A1/seed0/source/model.pt" ] && prepare "$out/early_variants/A1_level1" "$docs/early_variants/A1_level1"
+if ls "$out"/v2/A1/seed{0,1,2}/source/model.card.json >/dev/null 2>&1 && prepare "$out/early_variants/A1_level1" "$docs/early_variants/A1_level1"
 then
   python -m monai_uda benchmark --pair A1 --data-root "$data" --methods early --seeds 0 1 2 --out "$out/early_variants/A1_level1" \
     --source-from "$out/v2/A1" --override "early:head_levels=[1]" --resume --threads "$threads" && \

@@ -9,37 +9,29 @@ Prediction Enhancer per seed) records ``enhancer_epochs``. A row is stale when t
     python scripts/stale_rows.py FOLDER [FOLDER ...] --drop   # remove them (and their per-image rows)
 
 FOLDER is a benchmark folder (``results.csv``, ``per_image.csv``), e.g. ``results/v2/A1``; rerun it with
-``--resume`` (``scripts/full_benchmarks.sh``). Other rows are kept as they are: a ``selected`` row keeps the pick
+``--resume`` (``scripts/full_benchmarks.sh``): a seed's shared forests and enhancer (``seed<k>/s2d_common``) are
+built again when made at another budget. Other rows are kept as they are: a ``selected`` row keeps the pick
 it made among the candidates of its time (rerunning it needs every candidate's model).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from monai_uda.benchmarks.methods_s2d import UNRECORDED_ENHANCER_EPOCHS, enhancer_epochs
 from monai_uda.utils import atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
 S2D_FAMILY = ("rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect")
-#: the enhancer's epochs in every row made before rows recorded them
-UNRECORDED_EPOCHS = 24
-
-
-def enhancer_epochs(repo: Path = REPO) -> int:
-    """The Prediction Enhancer's ``max_epochs`` in the shallow-to-deep bundle."""
-    cfg = repo / "bundles" / "shallow2deep_segmentation" / "configs" / "train_enhancer.json"
-    return int(json.loads(cfg.read_text())["max_epochs"])
 
 
 def stale(results: pd.DataFrame, epochs: int) -> pd.DataFrame:
     """The (method, seed) rows of the shallow-to-deep family whose enhancer did not train ``epochs`` epochs."""
     family = results[results.method.isin(S2D_FAMILY)]
     recorded = family["enhancer_epochs"] if "enhancer_epochs" in family else pd.Series(float("nan"), family.index)
-    return family[recorded.fillna(UNRECORDED_EPOCHS) != epochs][["method", "seed"]]
+    return family[recorded.fillna(UNRECORDED_ENHANCER_EPOCHS) != epochs][["method", "seed"]]
 
 
 def drop(folder: Path, epochs: int) -> pd.DataFrame:
@@ -61,7 +53,7 @@ def main() -> None:
     p.add_argument("folders", nargs="+", type=Path)
     p.add_argument("--drop", action="store_true", help="remove the stale rows (default: list them)")
     a = p.parse_args()
-    epochs = enhancer_epochs()
+    epochs = enhancer_epochs({})  # train_enhancer.json's max_epochs
     for folder in a.folders:
         if not (folder / "results.csv").is_file():
             raise SystemExit(f"{folder / 'results.csv'}: not found")

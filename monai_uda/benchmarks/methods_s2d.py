@@ -36,6 +36,8 @@ from monai_uda.utils import atomic_json, atomic_torch_save
 __all__ = ["shallow2deep_common", "s2d_sizes", "rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect"]
 
 BUNDLE = "shallow2deep_segmentation"
+#: the enhancer's epochs in the rows and ``s2d_common`` folders made before they recorded them
+UNRECORDED_ENHANCER_EPOCHS = 24
 _UNET = {"_target_": "monai_uda.networks.UDAUNet", "in_channels": 1, "out_channels": 2}
 
 
@@ -65,16 +67,29 @@ def _overrides(ctx: MethodContext, subdir: str) -> dict:
     return ov
 
 
+def enhancer_epochs(ov: dict) -> int:
+    """The epochs the enhancer trains with the bundle overrides ``ov``: theirs, else ``train_enhancer.json``'s."""
+    if "max_epochs" in ov:
+        return int(ov["max_epochs"])
+    from monai_uda.bundle.locate import bundle_dir
+
+    with open(bundle_dir(BUNDLE) / "configs" / "train_enhancer.json") as fh:
+        return int(json.load(fh)["max_epochs"])
+
+
 def shallow2deep_common(ctx: MethodContext) -> dict:
-    """Source forests, enhancer and target forest of this seed (built once, then reused); returns the facts."""
+    """Source forests, enhancer and target forest of this seed (built once, then reused while the enhancer's budget
+    stays the same: a folder built at another ``max_epochs`` is built again); returns the facts."""
     from monai_uda.bundle import run_bundle
 
     d = os.path.join(ctx.workdir, "s2d_common")
     facts_file = os.path.join(d, "facts.json")
+    ov = _overrides(ctx, "s2d_common")
     if os.path.isfile(facts_file):
         with open(facts_file) as fh:
-            return json.load(fh)
-    ov = _overrides(ctx, "s2d_common")
+            facts = json.load(fh)
+        if facts.get("enhancer_epochs", UNRECORDED_ENHANCER_EPOCHS) == enhancer_epochs(ov):
+            return facts
     facts: dict = {}
     t = time.time()
     wf = run_bundle(BUNDLE, "prepare_forests.json", workflow_type=None, overwrite_forests=True, **ov)

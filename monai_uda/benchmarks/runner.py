@@ -219,6 +219,7 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
                        "table mixes them (the code column says which row is which)", out, ", ".join(other),
                        code_version())
     jobs = [(s, m) for s in seeds for m in methods]
+    asked = {(m, s) for s, m in jobs}
     bar = tqdm(jobs, desc=f"benchmark {uda.name}", disable=not progress, unit="run")
     for seed in seeds:
         cache: dict[str, str] = {}
@@ -265,12 +266,14 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
                 bar.write(f"{uda.name} {method} seed {seed}: Dice {metrics.get('dice', float('nan')):.3f}, "
                           f"{seconds + eval_seconds:.0f} s")
             bar.update(1)
-            atomic_write_text(os.path.join(out, PARTIAL_DIR, "results.csv"), pd.DataFrame(rows).to_csv(index=False))
+            # the partial files hold every finished row, so a resumed run that stops again loses none
+            p_rows, p_images = _with_kept_rows(rows, images, done, done_images, asked) if resume else (rows, images)
+            atomic_write_text(os.path.join(out, PARTIAL_DIR, "results.csv"), pd.DataFrame(p_rows).to_csv(index=False))
             atomic_write_text(os.path.join(out, PARTIAL_DIR, "per_image.csv"),
-                              pd.concat(images, ignore_index=True).to_csv(index=False))
+                              pd.concat(p_images, ignore_index=True).to_csv(index=False))
     bar.close()
     if resume:  # finished rows of methods or seeds this run does not ask for stay in the table
-        rows, images = _with_kept_rows(rows, images, done, done_images, {(m, s) for s, m in jobs})
+        rows, images = _with_kept_rows(rows, images, done, done_images, asked)
     df = pd.DataFrame(rows)
     if "dice" in df:
         df["dice_loss"] = 1.0 - df["dice"]  # the "Dice loss" column of the BUDA-Seg paper's tables
@@ -280,7 +283,8 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
     atomic_write_text(os.path.join(out, "results.csv"), df.to_csv(index=False))
     per_image = _per_image_table(images)
     atomic_write_text(os.path.join(out, "per_image.csv"), per_image.to_csv(index=False))
-    meta = {"mode": mode, "device": device, "amp": amp, "seeds": list(seeds), "budget": budget,
+    table_seeds = sorted({int(s) for s in df.seed}) if resume and "seed" in df else list(seeds)  # kept rows too
+    meta = {"mode": mode, "device": device, "amp": amp, "seeds": table_seeds, "budget": budget,
             "datalist": os.path.abspath(datalist), **({"overrides": overrides} if overrides else {}),
             **({"source_from": source_from} if source_from else {})}
     atomic_write_text(os.path.join(out, "results.md"), markdown_table(df, meta, per_image))

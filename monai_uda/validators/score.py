@@ -94,6 +94,9 @@ def score_candidates(candidates: Mapping[str, torch.nn.Module], images: Sequence
             raise ValueError(f"validator {n!r} needs the source model: source_name {source_name!r} is not a candidate")
         if "source_statistics" in needs and source_statistics is None:
             raise ValueError(f"validator {n!r} needs source_statistics (source_label_statistics of the source labels)")
+        why = why_unavailable(n, len(candidates), len(images), has_source, source_statistics is not None)
+        if why:  # before any inference, not after it
+            raise ValueError(f"validator {n!r} cannot score here: {why}")
     deferred = [n for n in names if "others" in validator_needs(n)]
     order = ([source_name] if has_source else []) + [n for n in candidates if n != source_name]
     source_network = candidates.get(source_name)

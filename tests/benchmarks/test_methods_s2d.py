@@ -30,3 +30,42 @@ def test_quick_benchmark_runs_all_s2d_methods(tmp_path, tiny_demo_2d, monkeypatc
     assert (csv.loc[csv.method.str.startswith("s2d"), "epochs"] == 1).all()
     assert csv.enhancer_train_s.notna().all() and csv.target_forest_fit_s.notna().all()
     assert (csv.enhancer_epochs == 1).all()  # each row records the enhancer budget it ran with (the quick cap)
+
+
+def test_the_shared_forests_and_enhancer_are_built_again_at_another_enhancer_budget(tmp_path, tiny_demo_2d,
+                                                                                     monkeypatch):
+    """A seed's s2d_common folder is reused only while the enhancer's max_epochs stays the same (rows that were
+    dropped as stale must not be rerun on the old enhancer)."""
+    import json
+    from types import SimpleNamespace
+
+    from monai_uda import bundle
+    from monai_uda.benchmarks import methods_s2d
+    from monai_uda.benchmarks.methods import MethodContext
+
+    calls = []
+
+    def fake_run_bundle(name, config, workflow_type=None, **ov):
+        calls.append(config)
+        content = {"n_forests": 2, "max_epochs": ov.get("max_epochs", 24), "target_forest_trees": 3,
+                   "scribble_data": (None, {"simulated": True, "scribble_images": 1, "scribble_pixels": 5,
+                                            "scribble_fg_pixels": 2})}
+        return SimpleNamespace(parser=SimpleNamespace(get_parsed_content=content.__getitem__))
+
+    monkeypatch.setattr(bundle, "run_bundle", fake_run_bundle)
+    ctx = lambda **ov: MethodContext(tiny_demo_2d, str(tmp_path), 0, {}, overrides=ov)  # noqa: E731
+    default = methods_s2d.enhancer_epochs({})
+    with open(bundle.bundle_dir(methods_s2d.BUNDLE) / "configs" / "train_enhancer.json") as fh:
+        assert default == json.load(fh)["max_epochs"]  # the bundle's own budget when nothing overrides it
+    assert methods_s2d.shallow2deep_common(ctx())["enhancer_epochs"] == default
+    assert calls == ["prepare_forests.json", "train_enhancer.json", "adapt.json"]
+    methods_s2d.shallow2deep_common(ctx())
+    assert len(calls) == 3  # same budget: reused
+    assert methods_s2d.shallow2deep_common(ctx(max_epochs=2 * default))["enhancer_epochs"] == 2 * default
+    assert len(calls) == 6  # another budget: built again
+    facts_file = tmp_path / "s2d_common" / "facts.json"
+    facts = json.loads(facts_file.read_text())
+    facts.pop("enhancer_epochs")  # a folder made before the facts recorded the budget: 24 epochs
+    facts_file.write_text(json.dumps(facts))
+    methods_s2d.shallow2deep_common(ctx(max_epochs=methods_s2d.UNRECORDED_ENHANCER_EPOCHS))
+    assert len(calls) == 6

@@ -79,6 +79,30 @@ def test_resume_with_fewer_methods_keeps_the_other_rows(tmp_path, tiny_demo_2d, 
     assert "| bn |" in (tmp_path / "results.md").read_text()
 
 
+def test_resume_with_another_seed_keeps_the_first_seeds_rows_even_when_it_stops_again(tmp_path, tiny_demo_2d,
+                                                                                          monkeypatch):
+    from monai_uda.benchmarks import runner
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=1, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+    run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path), mode="quick", progress=False, seeds=[0])
+
+    def boom(ctx):
+        raise RuntimeError("machine stopped")
+
+    with monkeypatch.context() as m:
+        m.setitem(METHODS["bn"], "fn", boom)
+        with pytest.raises(RuntimeError, match="machine stopped"):
+            run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path), mode="quick", progress=False, seeds=[1],
+                          resume=True)
+    partial = pd.read_csv(tmp_path / runner.PARTIAL_DIR / "results.csv")
+    assert list(zip(partial.method, partial.seed)) == [("source", 0), ("bn", 0), ("source", 1)]
+    df = run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path), mode="quick", progress=False, seeds=[1],
+                       resume=True)
+    assert list(zip(df.method, df.seed)) == [("source", 0), ("bn", 0), ("source", 1), ("bn", 1)]
+    assert "seeds [0, 1]" in (tmp_path / "results.md").read_text()  # the table's seeds, not only this run's
+
+
 def test_resume_trains_again_a_source_model_whose_training_did_not_finish(tmp_path, tiny_demo_2d, monkeypatch):
     """model.pt appears at the first best validation; a resumed run takes it only with its card (training done)."""
     from monai_uda.benchmarks import runner

@@ -67,6 +67,7 @@ def test_run_reuses_the_v2_source_models_and_stages(tmp_path, monkeypatch):
     budget_checks.run(checks["buda_rounds"], "data", repo / "results" / "budget", threads=1)
     s2d, buda = calls
     assert (repo / "results" / "budget" / "s2d_net_x" / "seed2" / "s2d_common" / "facts.json").is_file()
+    assert (repo / "docs" / "budget" / "s2d_net_x" / "results.csv").is_file()  # the tables reach the docs
     assert "--source-from" not in s2d and "s2d:max_epochs=24" in s2d
     assert s2d[s2d.index("--methods") + 1] == "s2d" and s2d[s2d.index("--seeds") + 1:][:3] == ["0", "1", "2"]
     assert buda[buda.index("--source-from") + 1] == str(repo / "results" / "v2" / "A1")

@@ -36,7 +36,3 @@ def test_rows_made_before_the_column_was_recorded_count_as_24_epochs(tmp_path):
     results = pd.read_csv(tmp_path / "results.csv")
     assert stale_rows.stale(results, 24).empty
     assert list(stale_rows.stale(results, 48).method) == ["enhancer"]
-
-
-def test_the_bundle_budget_is_read_from_its_config():
-    assert stale_rows.enhancer_epochs() > 0

@@ -71,6 +71,8 @@ def test_missing_inputs_are_named():
         score_candidates(nets, _images(), validators=["source_agreement"], progress=False)
     with pytest.raises(ValueError, match="'foreground_fraction' needs source_statistics"):
         score_candidates(nets, _images(), source_name="a", validators=["foreground_fraction"], progress=False)
+    with pytest.raises(ValueError, match="'mixval' cannot score here: needs two target images"):
+        score_candidates(nets, _images()[:1], validators=["mixval"], progress=False)
     with pytest.raises(ValueError, match="unknown validator 'dev'"):
         score_candidates(nets, _images(), validators=["dev"], progress=False)
     with pytest.raises(ValueError, match=r"candidates\['b'\] is a str"):
