@@ -1,8 +1,8 @@
 """Drop benchmark rows made at a budget the bundle has since left, so that ``--resume`` runs them again.
 
-A row records the budget it ran with where a bundle's budget has changed after rows were made: each row of the
-shallow-to-deep family (``rf``, ``enhancer``, ``s2d``, ``s2d_noteacher``, ``s2d_norect``, which share one
-Prediction Enhancer per seed) records ``enhancer_epochs``. A row is stale when that column differs from
+A row records the budget it ran with where a bundle's budget has changed after rows were made: each shallow-to-deep
+row that uses the seed's Prediction Enhancer (``enhancer``, ``s2d``, ``s2d_noteacher``, ``s2d_norect``; not ``rf``,
+the target forest alone) records ``enhancer_epochs``. A row is stale when that column differs from
 ``train_enhancer.json``'s ``max_epochs``; a row that lacks it was made before it was recorded, at 24 epochs.
 
     python scripts/stale_rows.py FOLDER [FOLDER ...]          # list the stale rows
@@ -24,11 +24,12 @@ import pandas as pd
 from monai_uda.benchmarks.methods_s2d import UNRECORDED_ENHANCER_EPOCHS, enhancer_epochs
 from monai_uda.utils import atomic_write_text
 
-S2D_FAMILY = ("rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect")
+#: the rows that depend on the enhancer's budget
+S2D_FAMILY = ("enhancer", "s2d", "s2d_noteacher", "s2d_norect")
 
 
 def stale(results: pd.DataFrame, epochs: int) -> pd.DataFrame:
-    """The (method, seed) rows of the shallow-to-deep family whose enhancer did not train ``epochs`` epochs."""
+    """The (method, seed) rows of :data:`S2D_FAMILY` whose enhancer did not train ``epochs`` epochs."""
     family = results[results.method.isin(S2D_FAMILY)]
     recorded = family["enhancer_epochs"] if "enhancer_epochs" in family else pd.Series(float("nan"), family.index)
     return family[recorded.fillna(UNRECORDED_ENHANCER_EPOCHS) != epochs][["method", "seed"]]

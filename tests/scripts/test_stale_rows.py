@@ -20,13 +20,13 @@ def _folder(tmp_path: Path, rows: list[tuple[str, int, float]]) -> Path:
 def test_drop_removes_only_the_family_rows_at_another_budget(tmp_path):
     nan = float("nan")
     folder = _folder(tmp_path, [("source", 0, nan), ("rf", 0, 24), ("enhancer", 0, nan), ("s2d", 0, 48),
-                                ("selected", 0, nan), ("rf", 1, 48)])
+                                ("selected", 0, nan), ("s2d_norect", 1, 24), ("enhancer", 1, 48)])
     gone = stale_rows.drop(folder, 48)
-    assert sorted(zip(gone.method, gone.seed)) == [("enhancer", 0), ("rf", 0)]
-    left = pd.read_csv(folder / "results.csv")
-    assert list(zip(left.method, left.seed)) == [("source", 0), ("s2d", 0), ("selected", 0), ("rf", 1)]
+    assert sorted(zip(gone.method, gone.seed)) == [("enhancer", 0), ("s2d_norect", 1)]
+    left = pd.read_csv(folder / "results.csv")  # rf (the forest alone) does not depend on the enhancer
+    assert list(zip(left.method, left.seed)) == [("source", 0), ("rf", 0), ("s2d", 0), ("selected", 0), ("enhancer", 1)]
     per_image = pd.read_csv(folder / "per_image.csv")
-    assert len(per_image) == 4 * 3 and not ((per_image.method == "rf") & (per_image.seed == 0)).any()
+    assert len(per_image) == 5 * 3 and not ((per_image.method == "enhancer") & (per_image.seed == 0)).any()
     assert stale_rows.drop(folder, 48).empty  # a second run (a resumed queue) drops nothing more
 
 
