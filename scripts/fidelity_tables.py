@@ -173,6 +173,13 @@ REASONS.update({
                    "but not the source network, because " + _S2D_A1,
     ("s2d_noteacher", "A1"): "as `s2d` (its pseudo-labels come from the same enhancer)",
     ("s2d_norect", "A1"): "as `s2d` (its pseudo-labels come from the same enhancer)",
+    # measured on the translator alone (docs/methods/past.md, section 4; scripts/past_translator_v2.py)
+    ("past", "D1"): (
+        "the pixel alignment moves the source away from the target instead of toward it: the z-scored T1c source "
+        "is already near the FLAIR target's statistics (target-normalised W2 0.067, class-conditional W1 0.650), "
+        "and the intensity translator moved it away on every measure in both seeds measured (W2 2.03 / 2.79, class "
+        "W1 0.893 / 1.667), so the segmenter self-trains on translated images unlike either domain "
+        "([past_translator](past_translator/README.md), `scripts/past_translator_v2.py`)"),
 })
 
 def _demo_early(base: str, label: str) -> Callable[[Path], str]:
