@@ -145,8 +145,9 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
 
 
 def mean_std(v: pd.Series) -> str:
-    """``mean ± std`` (population std) with three decimals, the format of every protocol table."""
-    return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
+    """``mean ± std`` (population std) with three decimals, the format of every protocol table; one value alone has
+    no spread to show (the tables give the number of seeds beside it)."""
+    return f"{v.mean():.3f}" if len(v) < 2 else f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
 
 
 def _rows(path: Path, method: str) -> pd.DataFrame:

@@ -134,3 +134,8 @@ def test_run_for_some_seeds_continues_from_the_committed_rows_and_reuses_finishe
     assert "--override" in cmd and "past:translation_epochs=24" in cmd
     budget_checks.run(check, "data", out, threads=2, seeds=(2,))
     assert "--source-from" not in calls[1]  # no finished source model: the run trains its own
+
+
+def test_mean_std_shows_no_spread_for_a_single_seed():
+    assert budget_checks.mean_std(pd.Series([0.5821])) == "0.582"
+    assert budget_checks.mean_std(pd.Series([0.5, 0.7])) == "0.600 ± 0.100"
