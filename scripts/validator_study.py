@@ -76,6 +76,9 @@ def correlation_table(data: dict[str, pd.DataFrame]) -> str:
 
 
 def regret_table(data: dict[str, pd.DataFrame]) -> str:
+    from monai_uda.validators import select
+    from monai_uda.validators.selection import DEFAULT_RULE
+
     lines = ["| pair | seeds | default rule: picks | regret | below source − 2 pts | always source | always `bn` | "
              "random (expected) | oracle choice |", "|---|---|---|---|---|---|---|---|---|"]
     means = {k: [] for k in ("rule", "source", "bn", "random", "oracle")}
@@ -84,8 +87,12 @@ def regret_table(data: dict[str, pd.DataFrame]) -> str:
         worse, picks = 0, []
         for _, g in df.dropna(subset=["dice"]).groupby("seed"):
             best, src = g.dice.max(), g.loc[g.candidate == "source", "dice"].iloc[0]
-            chosen = g[g.chosen.astype(bool)] if "chosen" in g else g.iloc[:0]
-            pick = chosen.iloc[0] if len(chosen) else g.loc[g.rule_score.idxmax()]
+            # the default rule applied to the recorded scores (the `chosen` column is the pick of the code that
+            # wrote the table; the rule's tie-break has since become independent of the candidates' order)
+            columns = [c for c in DEFAULT_RULE if c in g.columns]
+            name, _ = select(g.set_index("candidate")[columns].apply(pd.to_numeric, errors="coerce"), "default",
+                             source_name="source")
+            pick = g[g.candidate == name].iloc[0]
             picks.append(str(pick.candidate))
             per["rule"].append(best - pick.dice)
             worse += int(pick.dice < src - 0.02)

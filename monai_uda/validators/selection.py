@@ -55,13 +55,14 @@ def select(df: pd.DataFrame, rule: str | Sequence[str] = "default", source_name:
         df: :func:`~monai_uda.validators.score.score_candidates`'s table (candidates as the index).
         rule: ``"default"`` (rank average of :data:`DEFAULT_RULE`), one column name, or a list of columns.
         source_name: the source model's row; kept unless a candidate's rule score is strictly higher.
-            Without that row, the best candidate is chosen.
+            Without that row, the best candidate is chosen. Candidates tied for the best score are taken in
+            alphabetical order of their names, so the pick does not depend on the order of the table's rows.
     """
     if df.empty:
         raise ValueError("select df: no candidates")
     scores = rule_scores(df, rule)
     columns = ", ".join(_columns(df, rule))
-    best = scores.idxmax()
+    best = min(str(c) for c in scores.index[scores == scores.max()])
     if source_name not in scores.index:
         return best, f"{best!r} has the best mean rank {scores[best]:.2f} over {columns} (no {source_name!r} row)"
     if best == source_name or scores[best] <= scores[source_name]:

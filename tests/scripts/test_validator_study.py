@@ -8,10 +8,13 @@ import validator_study  # noqa: E402
 
 
 def _write(root: Path, seed: int, scores: dict, chosen: str) -> None:
+    """im ranks like ``scores``, mixval the reverse (their ranks cancel in the default rule's mean), and
+    foreground_fraction is highest for ``chosen``, so the default rule picks ``chosen``."""
     d = root / "selection" / "A1" / f"seed{seed}"
     d.mkdir(parents=True)
-    pd.DataFrame([{"candidate": c, "im": v, "mixval": -v, "rule_score": v, "chosen": c == chosen}
-                  for c, v in scores.items()]).to_csv(d / "selection.csv", index=False)
+    pd.DataFrame([{"candidate": c, "im": v, "mixval": -v, "foreground_fraction": float(c == chosen),
+                   "rule_score": v, "chosen": c == chosen} for c, v in scores.items()]).to_csv(d / "selection.csv",
+                                                                                             index=False)
 
 
 def test_correlation_and_regret_against_the_true_dice(tmp_path):

@@ -49,3 +49,15 @@ def test_bad_rules_are_named():
         select(df, rule="w2")
     with pytest.raises(ValueError, match="no candidates"):
         select(_scores([]))
+
+
+def test_a_tie_for_the_best_score_is_broken_by_name_not_by_row_order():
+    import pandas as pd
+
+    from monai_uda.validators import select
+
+    df = pd.DataFrame({"im": [0.1, 0.2, 0.4, 0.3], "mixval": [0.1, 0.2, 0.3, 0.4],
+                       "foreground_fraction": [0.0, 0.1, 0.2, 0.2], "component_sizes": [0.0, 0.1, 0.2, 0.2]},
+                      index=["source", "bn", "st", "early"])  # st and early tie for the best mean rank
+    assert select(df)[0] == "early"
+    assert select(df.iloc[::-1])[0] == "early"
