@@ -155,6 +155,10 @@ def _rows(path: Path, method: str) -> pd.DataFrame:
     return df[df.method == method]
 
 
+def _p(p: float) -> str:
+    return "n/a" if p != p else "< 0.001" if p < 0.001 else format(p, ".3f")  # n/a: too few pairs for a test
+
+
 def budget_table(root: Path = DOCS) -> str:
     """One row per check: the 1x and 2x Dice (mean ± std over seeds) and the paired test of 2x against 1x."""
     lines = ["| check | pair | method | doubled | ours (1x) | paper | 1x Dice | 2x Dice | 2x − 1x (p) | verdict |",
@@ -175,7 +179,7 @@ def budget_table(root: Path = DOCS) -> str:
                    "=": "no significant difference: past diminishing returns", "?": "too few pairs"}[t["mark"]]
         lines.append("| " + " | ".join(cells + [
             f"{mean_std(per_seed(a))} ({a.seed.nunique()})", f"{mean_std(per_seed(b))} ({b.seed.nunique()})",
-            f"{t['mean_diff']:+.3f} (p {'< 0.001' if t['p'] < 0.001 else format(t['p'], '.3f')})", verdict]) + " |")
+            f"{t['mean_diff']:+.3f} (p {_p(t['p'])})", verdict]) + " |")
     return "\n".join(lines) + "\n"
 
 
