@@ -155,9 +155,9 @@ PAPERS: dict[str, dict] = {
     },
 }
 
-#: The measured reason a paper's claim is not reproduced on a pair, (method, pair) -> free text (markdown).
-#: Empty until measured; the page then says so.
-REASONS: dict[tuple[str, str], str] = {
+#: The measured reason a paper's claim is not reproduced on a pair, (method, pair) -> free text (markdown), or a
+#: function of the results root that returns it. Empty until measured; the page then says so.
+REASONS: dict[tuple[str, str], str | Callable[[Path], str]] = {
     (m, pair): "" for e in PAPERS.values() for pair in e["pairs"] for m, (_, _, claim) in e["methods"].items() if claim
 }
 _S2D_A1 = (
@@ -210,8 +210,32 @@ def _demo_early(base: str, label: str) -> Callable[[Path], str]:
     return reason
 
 
+def _b2_variance(root: Path) -> str:
+    """BUDA-Seg's variance map against the errors on B2 (the seeds 3-4 run's models; ``scripts/buda_uncertainty.py``)."""
+    d = Path(root) / "buda_uncertainty" / "B2_seeds34"
+    if not ((d / "uncertainty.csv").is_file() and (d / "round_losses.csv").is_file()):
+        return ""  # not measured (here): the page says so
+    u, r = pd.read_csv(d / "uncertainty.csv"), pd.read_csv(d / "round_losses.csv")
+    last = r[r["round"] == r["round"].max()].groupby("method").train_dice_loss.mean()
+    seeds = ", ".join(map(str, u.seed))
+    return (
+        f"as a detector of wrong target-test pixels the predicted variance has AUROC {mean_std(u.auroc_variance)} "
+        f"(chance is 0.5; the softmax entropy of the same logits {mean_std(u.auroc_entropy)}), and the training "
+        f"Dice loss of the last round is alike with and without it ({last['buda']:.3f} vs {last['selftrain']:.3f}) "
+        f"(seeds {seeds}; [buda_uncertainty/B2_seeds34](buda_uncertainty/B2_seeds34/))")
+
+
+def _b2_buda(root: Path) -> str:
+    variance = _b2_variance(root)
+    return variance and ("B2 is a mild shift (source 0.784, oracle 0.801: 1.7 points to gain), where pseudo-label rounds cost more "
+            "than they gain: plain self-training falls below source too (see `selftrain`), and the variance map "
+            "that should keep the loss off the wrong pseudo-labels does not mark them: " + variance)
+
+
 def _d1_early(root: Path) -> str:
     """The measured account of early below ST/CBST on D1: the teacher margin of ``early_teacher/D1/summary.csv``."""
+    if not (Path(root) / "early_teacher" / "D1" / "summary.csv").is_file():
+        return ""
     t = pd.read_csv(Path(root) / "early_teacher" / "D1" / "summary.csv")
     ms = lambda c: mean_std(t[c])  # noqa: E731
     seeds = f"seeds {', '.join(map(str, t.seed))}" if len(t) > 1 else f"seed {int(t.seed.iloc[0])} only"
@@ -222,6 +246,9 @@ def _d1_early(root: Path) -> str:
         f"scores {ms('early_after')} against the refined network's {ms('final_after')}, while ST and CBST train the "
         f"whole network on its own confident pseudo-labels ({seeds}; [early_teacher/D1](early_teacher/D1/), "
         "`scripts/early_teacher.py`). The toolkit keeps the paper's teacher, as the issue asks")
+
+
+REASONS[("buda", "B2")] = _b2_buda  # a function of the results root, as in VERSUS_REASONS
 
 
 #: The measured reason a paper's comparison between two methods comes out unlike the paper on a pair,
@@ -236,6 +263,9 @@ VERSUS_REASONS: dict[tuple[str, str, str], str | Callable[[Path], str]] = {
         "[buda_uncertainty/A1](buda_uncertainty/A1/), `scripts/buda_uncertainty.py`)"),
     ("early", "st", "demo"): _demo_early("st", "ST"),
     ("early", "cbst", "demo"): _demo_early("cbst", "CBST"),
+    ("buda", "selftrain", "B2"): lambda root: (v := _b2_variance(root)) and "the variance map does not mark the wrong "
+                                              "pixels: " + v,
+    ("buda", "mcdropout", "B2"): _b2_buda,
     ("early", "st", "D1"): _d1_early,
     ("early", "cbst", "D1"): _d1_early,
 }
@@ -359,7 +389,8 @@ def verdicts(entry: dict, root: Path = ROOT, reasons: dict | None = None) -> str
     for pair in entry["pairs"]:
         data = load(root, pair, extra=entry.get("extra_seeds", False))
         for m, (_, _, claim) in entry["methods"].items():
-            s = verdict(data, m, claim, reasons.get((m, pair), ""), entry.get("metric"))
+            why = reasons.get((m, pair), "")
+            s = verdict(data, m, claim, why(root) if callable(why) else why, entry.get("metric"))
             out.append(f"- **{pair}, `{m}`**: {s}")
     return "\n".join(out) + "\n"
 
