@@ -21,6 +21,7 @@ rows were made with settings the bundle has since left, and a new 2x run would n
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -155,8 +156,9 @@ def _rows(path: Path, method: str) -> pd.DataFrame:
     return df[df.method == method]
 
 
-def _p(p: float) -> str:
-    return "n/a" if p != p else "< 0.001" if p < 0.001 else format(p, ".3f")  # n/a: too few pairs for a test
+def p_text(p: float) -> str:
+    """``p < 0.001``, ``p 0.123``, or ``p n/a`` (too few pairs for a test): the p-value of every protocol table."""
+    return "p n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p {p:.3f}")
 
 
 def budget_table(root: Path = DOCS) -> str:
@@ -179,7 +181,7 @@ def budget_table(root: Path = DOCS) -> str:
                    "=": "no significant difference: past diminishing returns", "?": "too few pairs"}[t["mark"]]
         lines.append("| " + " | ".join(cells + [
             f"{mean_std(per_seed(a))} ({a.seed.nunique()})", f"{mean_std(per_seed(b))} ({b.seed.nunique()})",
-            f"{t['mean_diff']:+.3f} (p {_p(t['p'])})", verdict]) + " |")
+            f"{t['mean_diff']:+.3f} ({p_text(t['p'])})", verdict]) + " |")
     return "\n".join(lines) + "\n"
 
 

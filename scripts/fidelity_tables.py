@@ -21,12 +21,11 @@ Only the numbers in the CSVs are printed; edit this script, not the generated pa
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from budget_checks import mean_std  # this folder: the format of every protocol table
+from budget_checks import mean_std, p_text  # this folder: the format of every protocol table
 
 from monai_uda.evaluation.significance import paired_test
 
@@ -211,7 +210,7 @@ def _demo_early(base: str, label: str) -> Callable[[Path], str]:
 
 
 def _b2_variance(root: Path) -> str:
-    """BUDA-Seg's variance map against the errors on B2 (the seeds 3-4 run's models; ``scripts/buda_uncertainty.py``)."""
+    """BUDA-Seg's variance map against the errors on B2 (the seeds 3-4 run's models; ``buda_uncertainty.py``)."""
     d = Path(root) / "buda_uncertainty" / "B2_seeds34"
     if not ((d / "uncertainty.csv").is_file() and (d / "round_losses.csv").is_file()):
         return ""  # not measured (here): the page says so
@@ -227,9 +226,10 @@ def _b2_variance(root: Path) -> str:
 
 def _b2_buda(root: Path) -> str:
     variance = _b2_variance(root)
-    return variance and ("B2 is a mild shift (source 0.784, oracle 0.801: 1.7 points to gain), where pseudo-label rounds cost more "
-            "than they gain: plain self-training falls below source too (see `selftrain`), and the variance map "
-            "that should keep the loss off the wrong pseudo-labels does not mark them: " + variance)
+    return variance and (
+        "B2 is a mild shift (source 0.784, oracle 0.801: 1.7 points to gain), where pseudo-label rounds cost more "
+        "than they gain: plain self-training falls below source too (see `selftrain`), and the variance map "
+        "that should keep the loss off the wrong pseudo-labels does not mark them: " + variance)
 
 
 def _d1_early(root: Path) -> str:
@@ -301,16 +301,12 @@ def load(root: Path, pair: str, extra: bool = False) -> tuple[pd.DataFrame, pd.D
     return pd.concat(results, ignore_index=True), pd.concat(per_image, ignore_index=True)
 
 
-def _p(p: float) -> str:
-    return "p n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p {p:.3f}")
-
-
 def describe(t: dict, metric: str = "dice") -> str:
     """``+0.069 Dice, p < 0.001, 30 pairs`` of a :func:`paired_test` result."""
     name = METRIC_NAMES.get(metric, metric)
     if t["n"] == 0:
         return "no paired images"
-    return f"{t['mean_diff']:+.3f} {name}, {_p(t['p'])}, {t['n']} pairs"
+    return f"{t['mean_diff']:+.3f} {name}, {p_text(t['p'])}, {t['n']} pairs"
 
 
 def _cell(df: pd.DataFrame, method: str, metric: str) -> str:

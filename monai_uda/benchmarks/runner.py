@@ -187,7 +187,8 @@ def run_benchmark(
                    if not os.path.isfile(model_card_path(p))]
         if missing:
             raise FileNotFoundError(f"--source-from {source_from}: no finished source model {missing[0]} (its card "
-                                    "is written when training ends; run the benchmark there first, with the same seeds)")
+                                    "is written when training ends; run the benchmark there first, with the same "
+                                    "seeds)")
     uda = UDAData(datalist)  # validate once, deeply, before any training
     with folder_lock(out):  # a second run into the same folder is refused, not raced
         return _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progress, resume, overrides,

@@ -88,15 +88,13 @@ def score_candidates(candidates: Mapping[str, torch.nn.Module], images: Sequence
     options = dict(options or {})
     if set(options) - set(names):
         raise ValueError(f"options for validators not run: {sorted(set(options) - set(names))}")
+    # a missing input is refused before any inference, not after it
+    detail = {"no source model": f"needs the source model: source_name {source_name!r} is not a candidate",
+              "no source label statistics": "needs source_statistics (source_label_statistics of the source labels)"}
     for n in names:
-        needs = validator_needs(n)
-        if "source" in needs and not has_source:
-            raise ValueError(f"validator {n!r} needs the source model: source_name {source_name!r} is not a candidate")
-        if "source_statistics" in needs and source_statistics is None:
-            raise ValueError(f"validator {n!r} needs source_statistics (source_label_statistics of the source labels)")
         why = why_unavailable(n, len(candidates), len(images), has_source, source_statistics is not None)
-        if why:  # before any inference, not after it
-            raise ValueError(f"validator {n!r} cannot score here: {why}")
+        if why:
+            raise ValueError(f"validator {n!r} {detail.get(why, f'cannot score here: {why}')}")
     deferred = [n for n in names if "others" in validator_needs(n)]
     order = ([source_name] if has_source else []) + [n for n in candidates if n != source_name]
     source_network = candidates.get(source_name)
