@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from monai_uda.benchmarks.methods_s2d import UNRECORDED_ENHANCER_EPOCHS, enhancer_epochs
+from monai_uda.benchmarks.runner import PARTIAL_DIR
 from monai_uda.utils import atomic_write_text
 
 #: the rows that depend on the enhancer's budget
@@ -35,17 +36,24 @@ def stale(results: pd.DataFrame, epochs: int) -> pd.DataFrame:
     return family[recorded.fillna(UNRECORDED_ENHANCER_EPOCHS) != epochs][["method", "seed"]]
 
 
+#: the files of a benchmark folder that hold finished rows: the tables, and the partial files of a run that stopped
+#: (``--resume`` reads those too, so a row dropped from the tables alone would come back)
+ROW_FILES = ("results.csv", "per_image.csv", f"{PARTIAL_DIR}/results.csv", f"{PARTIAL_DIR}/per_image.csv",
+             "results.partial.csv", "per_image.partial.csv")
+
+
 def drop(folder: Path, epochs: int) -> pd.DataFrame:
-    """Remove the stale rows of ``folder`` from its ``results.csv`` and ``per_image.csv``; returns them."""
-    results = pd.read_csv(folder / "results.csv")
-    gone = stale(results, epochs)
+    """Remove the stale rows of ``folder`` from every file that holds finished rows (:data:`ROW_FILES`); returns
+    them (those of ``results.csv`` and of a stopped run's partial table)."""
+    gone = pd.concat([stale(pd.read_csv(folder / name), epochs) for name in ROW_FILES[::2]
+                      if (folder / name).is_file()]).drop_duplicates()
     if gone.empty:
         return gone
     keys = set(zip(gone.method, gone.seed.astype(int)))
     keep = lambda df: df[[(m, int(s)) not in keys for m, s in zip(df.method, df.seed)]]  # noqa: E731
-    atomic_write_text(folder / "results.csv", keep(results).to_csv(index=False))
-    if (folder / "per_image.csv").is_file():
-        atomic_write_text(folder / "per_image.csv", keep(pd.read_csv(folder / "per_image.csv")).to_csv(index=False))
+    for name in ROW_FILES:
+        if (folder / name).is_file():
+            atomic_write_text(folder / name, keep(pd.read_csv(folder / name)).to_csv(index=False))
     return gone
 
 

@@ -386,7 +386,9 @@ def markdown_table(df: pd.DataFrame, meta: dict[str, Any] | None = None, per_ima
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if test:
         lines += ["", f"vs source: two-sided Wilcoxon signed-rank test on per-image Dice paired over (seed, image), "
-                      f"level {ALPHA}: + better, - worse, = no significant difference, ? fewer than 5 pairs."]
+                      f"level {ALPHA}: + better, - worse (the sign of the signed-rank statistic, which a few large "
+                      f"differences cannot flip as they can the mean's), = no significant difference, ? fewer than 5 "
+                      f"pairs."]
     return "\n".join(lines) + "\n"
 
 

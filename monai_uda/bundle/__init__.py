@@ -9,6 +9,7 @@ from .run import run_bundle
 from .stages import (
     DEMO_SOURCE_BUDGET,
     check_source_checkpoint,
+    clear_model_card,
     ensure_stage,
     evaluated_checkpoint,
     load_network,
@@ -19,5 +20,5 @@ from .stages import (
 from .tracking import log_to_trackers
 from .validator_scores import record_validator_scores, validator_scores_path
 
-__all__ = ["distributed", "latest_checkpoint", "resume_from", "SelectionState", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "evaluated_checkpoint", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "check_source_checkpoint", "precise_bn",
+__all__ = ["distributed", "latest_checkpoint", "resume_from", "SelectionState", "bundle_dir", "bundles_root", "locate_bundle_root", "run_bundle", "ensure_stage", "evaluated_checkpoint", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "load_network", "save_network", "write_model_card", "clear_model_card", "check_source_checkpoint", "precise_bn",
            "log_to_trackers", "output_ext", "report_outputs", "record_validator_scores", "validator_scores_path"]

@@ -18,7 +18,8 @@ import torch
 from monai_uda.utils import atomic_json, atomic_torch_save
 
 __all__ = ["ensure_stage", "resolve_source_checkpoint", "DEMO_SOURCE_BUDGET", "save_network", "load_network",
-           "load_state_dict", "CheckpointError", "write_model_card", "check_source_checkpoint", "model_card_path",
+           "load_state_dict", "CheckpointError", "write_model_card", "clear_model_card", "check_source_checkpoint",
+           "model_card_path",
            "evaluated_checkpoint", "preserved_random_state"]
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,15 @@ def write_model_card(path: str, uda: Any, key: str = "source_training") -> str:
     card = {"datalist": uda.name, "trained_on": key, "images": _images_fingerprint(uda, key),
             "spatial_dims": uda.spatial_dims, "in_channels": uda.in_channels, "num_classes": uda.num_classes}
     return atomic_json(card, model_card_path(path))
+
+
+def clear_model_card(path: str) -> None:
+    """Remove the card of checkpoint ``path`` before a training writes it again: ``model.pt`` is rewritten at each
+    best validation, and the card (written when training ends) is what tells a finished model from an interrupted
+    one (the benchmark's ``--resume``, ``--source-from``), so an old card must not outlive the start of a new run."""
+    card = model_card_path(path)
+    if os.path.isfile(card):
+        os.remove(card)
 
 
 def check_source_checkpoint(path: str, uda: Any) -> str:

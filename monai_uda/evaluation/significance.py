@@ -5,6 +5,9 @@ for every (seed, image) the difference ``method - baseline`` of a per-image metr
 one observation. :func:`paired_test` runs the two-sided Wilcoxon signed-rank test
 (:func:`scipy.stats.wilcoxon`) on those differences; a method is marked better (``+``) or worse (``-``)
 than the baseline only when ``p < alpha`` (0.05 by default), otherwise "no significant difference" (``=``).
+The direction is the test's own: the sign of the signed-rank statistic (the sum of the ranks of ``|d|``, signed),
+which can differ from the sign of the mean difference when a few large differences outweigh many small ones of
+the other sign (the mean is still reported).
 Pairs with a missing score (NaN, e.g. an empty label) are dropped; fewer than 5 pairs or all-zero
 differences give no decision (``?`` / ``=``).
 """
@@ -42,7 +45,8 @@ def paired_test(per_image: pd.DataFrame, method: str, baseline: str = "source", 
 
     Returns:
         ``n`` (pairs), ``mean_diff``, ``p`` (NaN without a test) and ``mark``: ``"+"`` (better, p < alpha),
-        ``"-"`` (worse), ``"="`` (no significant difference) or ``"?"`` (fewer than 5 pairs).
+        ``"-"`` (worse), ``"="`` (no significant difference) or ``"?"`` (fewer than 5 pairs). Better or worse is
+        the sign of the signed-rank statistic (see the module's docstring).
     """
     d = paired_differences(per_image, method, baseline, metric)
     out: dict[str, Any] = {"n": int(d.size), "mean_diff": float(d.mean()) if d.size else math.nan, "p": math.nan}
@@ -52,15 +56,16 @@ def paired_test(per_image: pd.DataFrame, method: str, baseline: str = "source", 
     if not np.any(d != 0):
         out.update(p=1.0, mark="=")
         return out
-    from scipy.stats import wilcoxon
+    from scipy.stats import rankdata, wilcoxon
 
     p = float(wilcoxon(d, alternative="two-sided", zero_method="wilcox").pvalue)
-    out.update(p=p, mark=significance_mark(out["mean_diff"], p, alpha))
+    nonzero = d[d != 0]  # zero_method="wilcox": zero differences take no part in the test
+    out.update(p=p, mark=significance_mark(float(np.sum(np.sign(nonzero) * rankdata(np.abs(nonzero)))), p, alpha))
     return out
 
 
-def significance_mark(mean_diff: float, p: float, alpha: float = ALPHA) -> str:
-    """``+``/``-`` when ``p < alpha`` (the sign of the mean difference), else ``=``."""
+def significance_mark(direction: float, p: float, alpha: float = ALPHA) -> str:
+    """``+``/``-`` when ``p < alpha`` (the sign of ``direction``: the signed-rank statistic), else ``=``."""
     if not (p < alpha):
         return "="
-    return "+" if mean_diff > 0 else "-"
+    return "+" if direction > 0 else "-"

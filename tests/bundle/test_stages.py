@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -85,6 +86,33 @@ def test_a_source_model_of_another_datalist_is_refused(tmp_path, tiny_demo_2d):
     run_bundle("bn_reestimation_segmentation", "adapt.json", datalist=tiny_demo_2d,  # its own datalist: accepted
                source_checkpoint=str(src / "model.pt"), ckpt_dir=str(out), output_dir=str(out), bundle_root=str(tmp_path))
     assert (out / "model.pt").is_file()
+
+
+def test_a_new_training_removes_the_old_card_before_it_starts(tmp_path, tiny_demo_2d, monkeypatch):
+    """model.pt is rewritten at each best validation; a card left from an earlier run would make an interrupted
+    retraining look finished (to --resume, --source-from), so the bundle removes it first."""
+    from monai.engines import SupervisedTrainer
+
+    from monai_uda.bundle import run_bundle
+    from monai_uda.bundle.stages import model_card_path
+
+    tiny = {"max_epochs": 1, "epoch_length": 1, "batch_size": 1, "num_samples": 1, "roi_size": [32, 32],
+            "validate_during_training": False}
+    src = tmp_path / "source"
+    run_bundle("source_segmentation", "train.json", datalist=tiny_demo_2d, ckpt_dir=str(src), output_dir=str(src),
+               **tiny)
+    card = model_card_path(str(src / "model.pt"))
+    assert os.path.isfile(card)
+
+    def stopped(self, *args, **kwargs):
+        raise RuntimeError("stopped during training")
+
+    monkeypatch.setattr(SupervisedTrainer, "run", stopped)
+    with pytest.raises(RuntimeError) as stop:
+        run_bundle("source_segmentation", "train.json", datalist=tiny_demo_2d, ckpt_dir=str(src),
+                   output_dir=str(src), **tiny)
+    assert "stopped during training" in repr(stop.value.__cause__ or stop.value)
+    assert not os.path.exists(card) and (src / "model.pt").is_file()
 
 
 def test_checkpoints_without_a_card_are_the_users_own(tmp_path, tiny_demo_2d):

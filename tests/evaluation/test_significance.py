@@ -39,3 +39,12 @@ def test_too_few_pairs_or_identical_models_make_no_claim():
     same = _table([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     assert paired_test(same, "m") == {"n": 6, "mean_diff": 0.0, "p": 1.0, "mark": "="}
     assert significance_mark(-0.1, 0.2) == "=" and significance_mark(-0.1, 0.01) == "-"
+
+
+def test_the_direction_is_the_tests_not_the_means():
+    """Most images a little worse, two much better: the mean rises, the signed-rank test says worse."""
+    src = np.linspace(0.3, 0.6, 20)
+    method = src - 0.01
+    method[:2] += 0.5  # two images gain 0.49 each: mean difference +0.040
+    r = paired_test(_table(src, method), "m")
+    assert r["mean_diff"] > 0 and r["p"] < 0.05 and r["mark"] == "-"

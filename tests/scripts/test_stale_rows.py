@@ -36,3 +36,16 @@ def test_rows_made_before_the_column_was_recorded_count_as_24_epochs(tmp_path):
     results = pd.read_csv(tmp_path / "results.csv")
     assert stale_rows.stale(results, 24).empty
     assert list(stale_rows.stale(results, 48).method) == ["enhancer"]
+
+
+def test_a_stopped_runs_partial_files_lose_the_stale_rows_too(tmp_path):
+    """--resume reads the partial files of a run that stopped; a row dropped from the tables alone came back."""
+    nan = float("nan")
+    folder = _folder(tmp_path, [("source", 0, nan), ("s2d", 0, 24)])
+    (folder / ".partial").mkdir()
+    partial = _folder(folder / ".partial", [("source", 0, nan), ("s2d", 0, 24), ("enhancer", 1, 24)])
+    gone = stale_rows.drop(folder, 48)
+    assert sorted(zip(gone.method, gone.seed)) == [("enhancer", 1), ("s2d", 0)]
+    for name in ("results.csv", "per_image.csv"):
+        for where in (folder, partial):
+            assert set(pd.read_csv(where / name).method) == {"source"}, where / name
