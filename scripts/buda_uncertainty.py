@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from monai_uda.utils import atomic_write_text
+
 
 def _network(path: Path, uda) -> torch.nn.Module:
     from monai_uda.methods.buda.variance_head import VarianceUNet
@@ -98,8 +100,8 @@ def main() -> None:
         print(rounds.groupby(["method", "round"]).train_dice_loss.agg(["mean", "std", "count"]).to_string())
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        unc.to_csv(a.out / "uncertainty.csv", index=False)
-        rounds.to_csv(a.out / "round_losses.csv", index=False)
+        atomic_write_text(a.out / "uncertainty.csv", unc.to_csv(index=False))
+        atomic_write_text(a.out / "round_losses.csv", rounds.to_csv(index=False))
         print(f"wrote {a.out}")
 
 

@@ -34,6 +34,7 @@ import pandas as pd
 from monai_uda.benchmarks.runner import source_model_path
 from monai_uda.bundle.stages import model_card_path
 from monai_uda.evaluation.significance import paired_test
+from monai_uda.utils import atomic_write, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks"
@@ -116,19 +117,22 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
     one = REPO / "results" / "v2" / check.pair
     out = out_root / check.name
     dst = DOCS / "budget" / check.name
-    if not (out / "results.csv").is_file() and (dst / "results.csv").is_file():
+    if (dst / "results.csv").is_file():
         if not (dst / "per_image.csv").is_file():
             raise SystemExit(f"{check.name}: {dst / 'per_image.csv'} not found beside {dst / 'results.csv'}")
         out.mkdir(parents=True, exist_ok=True)
-        for f in ("results.csv", "per_image.csv"):
-            shutil.copy(dst / f, out / f)
+        for f in ("results.csv", "per_image.csv"):  # the committed rows join this machine's (which win a clash),
+            _merge_rows(dst / f, out / f)          # so rows made on another machine are not lost on copying back
     for seed in seeds:  # the 1x run's stages that this check keeps
         for stage in check.reuse:
             kept, copy = one / f"seed{seed}" / stage, out / f"seed{seed}" / stage
             if not kept.is_dir():
                 raise SystemExit(f"{check.name}: {kept} not found (run the v2 benchmark of {check.pair} first)")
-            if not copy.exists():
-                shutil.copytree(kept, copy)
+            if not copy.exists():  # copied whole or not at all: a stopped copy must not pass for the stage
+                tmp = copy.with_name(copy.name + ".copying")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(kept, tmp)
+                os.replace(tmp, copy)
     cmd = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
            "--methods", check.method, "--seeds", *map(str, seeds), "--out", str(out), "--resume",
            "--threads", str(threads)]
@@ -142,7 +146,20 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
     subprocess.run(cmd, check=True, cwd=REPO)
     dst.mkdir(parents=True, exist_ok=True)
     for f in ("results.csv", "results.md", "per_image.csv"):
-        shutil.copy(out / f, dst / f)
+        atomic_write(str(dst / f), lambda tmp, f=f: shutil.copyfile(out / f, tmp))
+
+
+def _merge_rows(committed: Path, local: Path) -> None:
+    """Add to ``local`` (written atomically) the rows of ``committed`` whose (method, seed) it lacks."""
+    theirs = pd.read_csv(committed)
+    if not local.is_file():
+        atomic_write_text(str(local), theirs.to_csv(index=False))
+        return
+    ours = pd.read_csv(local)
+    have = set(zip(ours.method, ours.seed.astype(int)))
+    extra = theirs[[(m, int(s)) not in have for m, s in zip(theirs.method, theirs.seed)]]
+    if len(extra):
+        atomic_write_text(str(local), pd.concat([ours, extra], ignore_index=True).to_csv(index=False))
 
 
 def mean_std(v: pd.Series) -> str:
@@ -170,7 +187,8 @@ def budget_table(root: Path = DOCS) -> str:
         cells = [c.name, c.pair, f"`{c.method}`", c.setting, c.ours, c.paper]
         a = _rows(one, c.method).assign(method="1x")
         b_all = _rows(two, c.method).assign(method="2x")
-        b = b_all[b_all.seed.isin(a.seed.unique())]  # paired: the seeds both have
+        b = b_all[b_all.seed.isin(a.seed.unique())]  # paired: the seeds both have, in both columns
+        a = a[a.seed.isin(b.seed.unique())] if not b.empty else a
         if a.empty or b.empty:
             why = " and ".join(n for n, df in (("1x", a), ("2x", b_all)) if df.empty) or "2x with 1x's seeds"
             lines.append("| " + " | ".join(cells + ["—", "—", "—", f"not measured ({why} not run yet)"]) + " |")

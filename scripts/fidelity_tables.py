@@ -28,6 +28,7 @@ import pandas as pd
 from budget_checks import mean_std, p_text  # this folder: the format of every protocol table
 
 from monai_uda.evaluation.significance import paired_test
+from monai_uda.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 PAGE = ROOT / "fidelity.md"
@@ -469,7 +470,7 @@ def main() -> None:
         print(text)
         return
     out = a.root / "fidelity.md"
-    out.write_text(text)
+    atomic_write_text(out, text)
     print(f"wrote {out}")
 
 

@@ -35,6 +35,7 @@ from results_tables import ORDER, PAIRS  # this folder's v1 page: the same pairs
 from monai_uda.benchmarks.plan import PAIR_FAMILIES
 from monai_uda.benchmarks.plan import plan as benchmark_plan
 from monai_uda.evaluation.significance import paired_test
+from monai_uda.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
@@ -209,7 +210,8 @@ def cheaper_table(root: Path = ROOT) -> str:
             continue
         cr, ci, fr, fi = (pd.read_csv(f) for f in (d / "results.csv", d / "per_image.csv", full_r, full_i))
         for m in cr.method.unique():
-            a, b = fr[fr.method == m], cr[cr.method == m]
+            b = cr[cr.method == m]
+            a = fr[(fr.method == m) & fr.seed.isin(b.seed)]  # the seeds both have: the same models, paired
             if a.empty:
                 continue
             both = pd.concat([fi[fi.method == m].assign(method="v2"), ci[ci.method == m].assign(method="cheaper")])
@@ -313,7 +315,7 @@ def main() -> None:
         for name, table in tables.items():
             text = re.sub(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)",
                           lambda m, t=table: m.group(1) + t + m.group(2), text, flags=re.S)
-        page.write_text(text)
+        atomic_write_text(page, text)
         print(f"wrote {page}")
 
 

@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from monai_uda.utils import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks"
 PAIRS = ("A1", "B2", "C1", "D1")
@@ -180,7 +182,7 @@ def main() -> None:
             if start not in s:
                 s += f"\n{start}\n{end}\n"
             s = s[:s.index(start) + len(start)] + "\n" + text + s[s.index(end):]
-        doc.write_text(s)
+        atomic_write_text(doc, s)
 
 
 if __name__ == "__main__":

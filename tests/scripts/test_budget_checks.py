@@ -118,24 +118,61 @@ def test_run_for_some_seeds_continues_from_the_committed_rows_and_reuses_finishe
             Path(model_card_path(str(model))).touch()
     calls = []
 
-    def fake_run(cmd, **kw):
+    def fake_run(cmd, **kw):  # as the runner's --resume: the rows there are kept, the asked seeds' added
         calls.append(cmd)
         out = Path(cmd[cmd.index("--out") + 1])
-        for f in ("results.csv", "results.md", "per_image.csv"):
-            (out / f).touch(exist_ok=True)
+        seeds = [int(x) for x in cmd[cmd.index("--seeds") + 1:cmd.index("--out")]]
+        for f in ("results.csv", "per_image.csv"):
+            rows = pd.read_csv(out / f) if (out / f).is_file() else pd.DataFrame()
+            new = pd.DataFrame([{"method": "past", "seed": s, "name": "img0", "dice": 0.6} for s in seeds])
+            pd.concat([rows, new], ignore_index=True).to_csv(out / f, index=False)
+        (out / "results.md").write_text("table")
 
     monkeypatch.setattr(budget_checks.subprocess, "run", fake_run)
     out = tmp_path / "results"
     budget_checks.run(check, "data", out, threads=2, seeds=(1,))
-    assert pd.read_csv(out / "past_translator" / "per_image.csv").seed.tolist() == [0, 0]  # the committed rows
+    assert pd.read_csv(out / "past_translator" / "per_image.csv").seed.tolist() == [0, 0, 1]  # committed + run
     cmd = calls[0]
     assert cmd[cmd.index("--seeds") + 1:cmd.index("--out")] == ["1"]
     assert cmd[cmd.index("--source-from") + 1] == str(one)
     assert "--override" in cmd and "past:translation_epochs=24" in cmd
     budget_checks.run(check, "data", out, threads=2, seeds=(2,))
     assert "--source-from" not in calls[1]  # no finished source model: the run trains its own
+    assert sorted(set(pd.read_csv(committed / "results.csv").seed)) == [0, 1, 2]
+
+
+def test_rows_committed_from_another_machine_survive_a_run_in_an_older_local_folder(tmp_path, monkeypatch):
+    """This machine's folder holds seed 1 only, the docs seed 0 (made elsewhere): copying back kept both."""
+    docs, repo = tmp_path / "docs", tmp_path / "repo"
+    monkeypatch.setattr(budget_checks, "DOCS", docs)
+    monkeypatch.setattr(budget_checks, "REPO", repo)
+    check = budget_checks.Check("buda_rounds_x", "A1", "buda", "", "", "", {"num_rounds": 6}, needs_source=False)
+    committed, local = docs / "budget" / check.name, tmp_path / "results" / check.name
+    for folder, seed, dice in ((committed, 0, 0.5), (local, 1, 0.7), (committed, 1, 0.1)):  # seed 1: ours wins
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in ("results.csv", "per_image.csv"):
+            rows = pd.read_csv(folder / f) if (folder / f).is_file() else pd.DataFrame()
+            new = pd.DataFrame([{"method": "buda", "seed": seed, "name": "img0", "dice": dice}])
+            pd.concat([rows, new], ignore_index=True).to_csv(folder / f, index=False)
+
+    def fake_run(cmd, **kw):  # the runner resumes: nothing to add for seed 1
+        (local / "results.md").write_text("table")
+
+    monkeypatch.setattr(budget_checks.subprocess, "run", fake_run)
+    budget_checks.run(check, "data", tmp_path / "results", threads=1, seeds=(1,))
+    for f in ("results.csv", "per_image.csv"):
+        back = pd.read_csv(committed / f).sort_values("seed")
+        assert back.seed.tolist() == [0, 1] and back.dice.tolist() == [0.5, 0.7], f
 
 
 def test_mean_std_shows_no_spread_for_a_single_seed():
     assert budget_checks.mean_std(pd.Series([0.5821])) == "0.582"
     assert budget_checks.mean_std(pd.Series([0.5, 0.7])) == "0.600 ± 0.100"
+
+
+def test_both_columns_cover_the_seeds_both_have(tmp_path):
+    one = np.array([[0.5] * 6, [0.9] * 6, [0.9] * 6])  # seeds 1 and 2 of the 1x run are far better
+    _per_image(tmp_path / "v2" / "A1" / "per_image.csv", "buda", one)
+    _per_image(tmp_path / "budget" / "buda_rounds" / "per_image.csv", "buda", one[:1] + 0.01)  # 2x: seed 0 only
+    row = _row(budget_checks.budget_table(tmp_path), "buda_rounds")
+    assert "| 0.500 (1) | 0.510 (1) |" in row
