@@ -221,6 +221,17 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
                        code_version())
     jobs = [(s, m) for s in seeds for m in methods]
     asked = {(m, s) for s, m in jobs}
+
+    def settings(method: str) -> str:  # what a row was made with, beside the code: a resume with other settings
+        return json.dumps({"mode": mode, "budget": budget, "overrides": overrides.get(method, {}),  # reruns it
+                           "source_overrides": overrides.get("source", {})}, sort_keys=True, default=str)
+
+    changed = {k for k, r in done.items() if k in asked and isinstance(r.get("settings"), str)
+               and r["settings"] != settings(k[0])}  # rows made before settings were recorded are kept as they are
+    for k in sorted(changed, key=lambda k: (k[1], k[0])):
+        logger.warning("resuming %s: %s seed %d was made with other settings (%s), not this run's (%s): run again",
+                       out, k[0], k[1], done[k]["settings"], settings(k[0]))
+        del done[k]
     bar = tqdm(jobs, desc=f"benchmark {uda.name}", disable=not progress, unit="run")
     for seed in seeds:
         cache: dict[str, str] = {}
@@ -232,7 +243,8 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
                 cache["source"] = source_model_path(source_from, _seed)
             # model.pt is written at each best validation while the source trains: only its card, written when
             # training ends, says the model is finished (an interrupted training is run again, from the start)
-            if "source" not in cache and resume and os.path.isfile(model_card_path(finished)):
+            if ("source" not in cache and resume and os.path.isfile(model_card_path(finished))
+                    and ("source", _seed) not in changed):
                 cache["source"] = finished
             if "source" not in cache:
                 t = time.time()
@@ -261,7 +273,8 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
             eval_seconds = time.time() - t_eval
             rows.append({"pair": uda.name, "method": method, "seed": seed, **metrics, "seconds": round(seconds, 1),
                          "eval_seconds": round(eval_seconds, 1), "wall_seconds": round(seconds + eval_seconds, 1),
-                         "cpu_seconds": round(_cpu_seconds() - cpu, 1), **machine(), **res.extra})
+                         "cpu_seconds": round(_cpu_seconds() - cpu, 1), **machine(), "settings": settings(method),
+                         **res.extra})
             images.append(per_image.assign(pair=uda.name, method=method, seed=seed))
             if progress:
                 bar.write(f"{uda.name} {method} seed {seed}: Dice {metrics.get('dice', float('nan')):.3f}, "

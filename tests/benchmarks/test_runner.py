@@ -194,6 +194,25 @@ def test_rows_record_the_code_and_a_resume_with_other_code_says_so(tmp_path, tin
     assert any("other code (0123456789)" in r.getMessage() for r in caplog.records)
 
 
+def test_a_resume_with_other_settings_runs_those_rows_again(tmp_path, tiny_demo_2d, monkeypatch, caplog):
+    """--resume --override bn:mode=reset must not keep the bn rows made without it (the table would say the
+    override applied); the source row and model, made with the same settings, stay."""
+    from monai_uda.benchmarks import runner
+
+    b = dict(runner.BUDGETS["quick"][2], max_epochs=1, epoch_length=1, roi_size=[32, 32])
+    monkeypatch.setitem(runner.BUDGETS["quick"], 2, b)
+    first = run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path), mode="quick", progress=False)
+    assert json.loads(first.settings.iloc[1])["overrides"] == {}
+    monkeypatch.setattr(runner, "train_source", lambda ctx: pytest.fail("the finished source model is reused"))
+    with caplog.at_level("WARNING"):
+        df = run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path), mode="quick", progress=False, resume=True,
+                           overrides={"bn": {"mode": "reset"}})
+    assert json.loads(df.settings.iloc[1])["overrides"] == {"mode": "reset"} and df.bn_mode.iloc[1] == "reset"
+    assert first.bn_mode.iloc[1] != "reset" and df.dice.iloc[0] == first.dice.iloc[0]
+    assert [r.getMessage().split(": ")[1].split(" was")[0] for r in caplog.records
+            if "other settings" in r.getMessage()] == ["bn seed 0"]
+
+
 def test_source_from_refuses_a_source_model_whose_training_did_not_finish(tmp_path, tiny_demo_2d):
     from monai_uda.benchmarks.runner import source_model_path
 
