@@ -32,6 +32,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from monai_uda.utils import atomic_write_text
+from monai_uda.validators.candidates import WEAKLY_SUPERVISED
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks"
@@ -77,9 +78,13 @@ def correlation_table(data: dict[str, pd.DataFrame]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def regret_table(data: dict[str, pd.DataFrame]) -> str:
+def regret_table(data: dict[str, pd.DataFrame], exclude: tuple[str, ...] = ()) -> str:
+    """The default rule and the baselines per pair; ``exclude``: candidates left out of the set (the rule's columns
+    score each candidate alone, so the rule over a subset is exactly what ``select`` picks among that subset)."""
     from monai_uda.validators import select
     from monai_uda.validators.selection import DEFAULT_RULE
+
+    data = {pair: df[~df.candidate.isin(exclude)] for pair, df in data.items()}
 
     lines = ["| pair | seeds | default rule: picks | regret | below source − 2 pts | always source | always `bn` | "
              "random (expected) | oracle choice |", "|---|---|---|---|---|---|---|---|---|"]
@@ -171,6 +176,7 @@ def main() -> None:
     if not data:
         sys.exit("no selection tables under docs/benchmarks/selection/<pair>/seed<k>/ (run monai-uda select first)")
     blocks = {"validator-correlation": correlation_table(data), "selection-regret": regret_table(data),
+              "selection-regret-unsupervised": regret_table(data, exclude=tuple(WEAKLY_SUPERVISED)),
               "pairwise-verdict": pairwise_table(data)}
     for name, text in blocks.items():
         print(text)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["SOURCE", "SKIP_METHODS", "METHOD_CHECKPOINTS", "CandidateError", "CandidateSet", "load_weights",
+__all__ = ["SOURCE", "SKIP_METHODS", "WEAKLY_SUPERVISED", "METHOD_CHECKPOINTS", "CandidateError", "CandidateSet", "load_weights",
            "bench_candidates", "seed_candidates", "checkpoint_candidates", "as_uda", "target_images", "source_statistics",
            "default_inferer"]
 
@@ -42,6 +42,13 @@ SKIP_METHODS = {
     "enhancer": "the benchmark evaluates it through its own network_def (forest + Prediction Enhancer, "
                 "ForestEnhancerNet), not a UDAUNet state dict",
 }
+
+#: benchmark methods that are candidates but learned from target annotations: shallow-to-deep's pseudo-label
+#: networks train on a target Random Forest's output, and that forest on a user's brushstrokes on target images
+#: (simulated from target labels in the benchmark). A user without any target annotation does not have them;
+#: ``scripts/validator_study.py`` measures the rule with and without them
+WEAKLY_SUPERVISED = {m: "learned from brushstrokes on target images (shallow-to-deep's target forest)"
+                     for m in ("s2d", "s2d_noteacher", "s2d_norect")}
 
 #: a method's evaluated checkpoint inside ``<bench>/seed<k>/<method>/`` when it is neither named by the method's
 #: ``adapt_summary.json`` nor ``model.pt`` (PAST's ``model.pt`` there is the network before self-training)

@@ -36,6 +36,25 @@ def test_correlation_and_regret_against_the_true_dice(tmp_path):
     assert cells[5] == "20.0" and cells[6] == "10.0"  # always source, always bn
 
 
+def test_regret_without_the_weakly_supervised_candidates_reranks_the_rest(tmp_path):
+    """Left out, s2d is neither a pick nor the best; the rule ranks the remaining candidates among themselves."""
+    true = {"source": 0.50, "bn": 0.60, "s2d": 0.90, "selftrain": 0.70}
+    v2 = tmp_path / "v2" / "A1"
+    v2.mkdir(parents=True)
+    pd.DataFrame([{"method": m, "seed": 0, "dice": d} for m, d in true.items()]).to_csv(v2 / "results.csv",
+                                                                                     index=False)
+    _write(tmp_path, 0, {m: d for m, d in true.items()}, chosen="s2d")
+    f = tmp_path / "selection" / "A1" / "seed0" / "selection.csv"
+    t = pd.read_csv(f)
+    t.loc[t.candidate == "selftrain", "foreground_fraction"] = 0.5  # second to s2d's 1.0
+    t.to_csv(f, index=False)
+    data = validator_study.load(tmp_path)
+    row = lambda t: [c.strip() for c in next(x for x in t.splitlines() if x.startswith("| A1 |")).strip("|").split("|")]  # noqa: E731
+    assert row(validator_study.regret_table(data))[2:4] == ["s2d", "0.0"]
+    cells = row(validator_study.regret_table(data, exclude=tuple(validator_study.WEAKLY_SUPERVISED)))
+    assert cells[2:4] == ["selftrain", "0.0"] and cells[5] == "20.0"  # best of the rest: selftrain, 0.70
+
+
 def test_pairwise_verdict_counts_right_and_wrong_calls_and_what_following_it_gives(tmp_path):
     true = {"source": 0.50, "bn": 0.60, "st": 0.40, "selftrain": 0.70, "cbst": 0.30, "early": 0.50, "bn_source": 0.9}
     # (im, mixval, foreground_fraction); rule_score: the all-candidate mean rank, which the two-model verdict ignores
