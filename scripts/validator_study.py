@@ -2,7 +2,9 @@
 
 For each pair with selection tables (``monai-uda select --bench results/v2/<pair> --seed <k> --out
 results/selection/<pair>/seed<k>``, copied to ``docs/benchmarks/selection/<pair>/seed<k>/selection.csv``) and v2
-rows (``docs/benchmarks/v2/<pair>/results.csv``: the true target-test Dice of every (method, seed)):
+rows (``docs/benchmarks/v2/<pair>/results.csv``: the true target-test Dice of every (method, seed); for a row rerun
+since the selection tables were made, the Dice of the model they scored, from ``superseded_results.csv``, where
+``scripts/stale_rows.py --drop`` keeps the rows it drops):
 
 - per validator, the Spearman rank correlation between its score and the true Dice over all (method, seed)
   candidates of the pair (the validators are computed on the same target_training images for every seed);
@@ -49,6 +51,9 @@ def load(root: Path = DOCS) -> dict[str, pd.DataFrame]:
         if not files or not res.is_file():
             continue
         dice = pd.read_csv(res).groupby(["method", "seed"]).dice.mean()
+        old = res.with_name("superseded_results.csv")  # rows rerun since (scripts/stale_rows.py --drop): the
+        if old.is_file():                             # selection tables scored the models of the old rows
+            dice = pd.read_csv(old).groupby(["method", "seed"]).dice.mean().combine_first(dice)
         rows = []
         for f in files:
             seed = int(re.sub(r"\D", "", f.parent.name))

@@ -49,3 +49,24 @@ def test_a_stopped_runs_partial_files_lose_the_stale_rows_too(tmp_path):
     for name in ("results.csv", "per_image.csv"):
         for where in (folder, partial):
             assert set(pd.read_csv(where / name).method) == {"source"}, where / name
+
+
+def test_dropped_rows_are_kept_aside_for_the_validator_study(tmp_path):
+    import validator_study
+
+    nan = float("nan")
+    folder = tmp_path / "v2" / "A1"
+    folder.mkdir(parents=True)
+    _folder(folder, [("source", 0, nan), ("s2d", 0, 24)])
+    stale_rows.drop(folder, 48)
+    assert list(pd.read_csv(folder / "superseded_results.csv").method) == ["s2d"]
+    assert len(pd.read_csv(folder / "superseded_per_image.csv")) == 3
+    rerun = pd.read_csv(folder / "results.csv")  # the rerun at 48 epochs scores 0.9; the selection saw 0.5's model
+    pd.concat([rerun, pd.DataFrame([{"pair": "A1", "method": "s2d", "seed": 0, "dice": 0.9, "enhancer_epochs": 48}])]
+              ).to_csv(folder / "results.csv", index=False)
+    sel = tmp_path / "selection" / "A1" / "seed0"
+    sel.mkdir(parents=True)
+    pd.DataFrame([{"candidate": "source", "im": 0.1}, {"candidate": "s2d", "im": 0.2}]).to_csv(sel / "selection.csv",
+                                                                                               index=False)
+    data = validator_study.load(tmp_path)["A1"].set_index("candidate")
+    assert data.dice.to_dict() == {"source": 0.5, "s2d": 0.5}
