@@ -152,6 +152,11 @@ def main() -> None:
 
         atomic_write_text(a.out / "per_image.csv", per_image.to_csv(index=False))
         atomic_write_text(a.out / "summary.csv", s.to_csv(index=False))
+        for seed in seeds:  # how each refinement ran (stop rule, agreement per epoch): the fidelity page reads it
+            run = a.run / f"seed{seed}" / "early" / "refinement_summary.json"
+            if run.is_file():
+                (a.out / "refinement").mkdir(exist_ok=True)
+                atomic_write_text(a.out / "refinement" / f"seed{seed}.json", run.read_text())
         atomic_write_text(a.out / "command.txt", f"python scripts/early_teacher.py {a.run} --datalist {datalist} "
                                                  f"--roi {roi} --out {a.out}\n")
         print(f"wrote {a.out}")

@@ -21,6 +21,7 @@ Only the numbers in the CSVs are printed; edit this script, not the generated pa
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -249,7 +250,25 @@ def _d1_early(root: Path) -> str:
         "`scripts/early_teacher.py`). The toolkit keeps the paper's teacher, as the issue asks")
 
 
+def _d1_early_vs_source(root: Path) -> str:
+    """Early against source on D1: the teacher (as against ST/CBST) and how the refinement ran, from each seed's
+    ``refinement_summary.json`` (copied to ``early_teacher/D1/refinement/seed<k>.json``)."""
+    teacher = _d1_early(root)
+    runs = sorted((Path(root) / "early_teacher" / "D1" / "refinement").glob("seed*.json"))
+    if not teacher or not runs:
+        return ""
+    hist = {int(f.stem[4:]): json.loads(f.read_text()) for f in runs}
+    capped = [k for k, h in hist.items() if not h.get("agreement_converged")]
+    swings = "; ".join(f"seed {k}: {min(h['agreement_history']):.2f} to {max(h['agreement_history']):.2f}, last "
+                       f"{h['agreement_history'][-1]:.2f}" for k, h in hist.items())
+    which = f"seed{'s' if len(capped) > 1 else ''} {', '.join(map(str, capped))}"
+    return (f"{teacher}. The refinement never met the paper's stop rule in {which} and ran "
+            f"to its cap, while the agreement between early head and network swung from epoch to epoch ({swings}; "
+            "[early_teacher/D1/refinement](early_teacher/D1/refinement/)), so the result depends on where the cap falls")
+
+
 REASONS[("buda", "B2")] = _b2_buda  # a function of the results root, as in VERSUS_REASONS
+REASONS[("early", "D1")] = _d1_early_vs_source
 
 
 #: The measured reason a paper's comparison between two methods comes out unlike the paper on a pair,

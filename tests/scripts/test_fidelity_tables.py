@@ -116,3 +116,20 @@ def test_a_comparison_unlike_the_paper_gets_its_measured_reason(tmp_path):
     assert "- **A1, `buda` vs `selftrain`** unlike the paper. Measured reason: the map is blind." in text
     assert "`buda` vs `cbst`** unlike" not in text  # as in the paper: no reason asked for
     assert "Measured reason: not measured yet." in ft.versus_table(ft.PAPERS["buda"], tmp_path, reasons={})
+
+
+def test_early_on_d1_reads_the_teacher_and_how_each_refinement_ran(tmp_path):
+    import json
+
+    d = tmp_path / "early_teacher" / "D1"
+    (d / "refinement").mkdir(parents=True)
+    assert ft._d1_early_vs_source(tmp_path) == ""  # nothing measured: the page says so
+    pd.DataFrame([{"seed": s, "final_before": 0.5, "early_before": 0.8, "final_after": 0.6, "early_after": 0.7}
+                  for s in (0, 1)]).to_csv(d / "summary.csv", index=False)
+    (d / "refinement" / "seed0.json").write_text(json.dumps({"agreement_converged": True,
+                                                             "agreement_history": [0.5, 0.6, 0.601]}))
+    (d / "refinement" / "seed1.json").write_text(json.dumps({"agreement_converged": False,
+                                                             "agreement_history": [0.0, 0.7, 0.03]}))
+    text = ft._d1_early_vs_source(tmp_path)
+    assert "early head 0.800" in text and "stop rule in seed 1 and ran" in text
+    assert "seed 1: 0.00 to 0.70, last 0.03" in text
