@@ -44,7 +44,8 @@ def paired_test(per_image: pd.DataFrame, method: str, baseline: str = "source", 
     """Two-sided Wilcoxon signed-rank test of ``method`` against ``baseline`` on paired per-image scores.
 
     Returns:
-        ``n`` (pairs), ``mean_diff``, ``p`` (NaN without a test) and ``mark``: ``"+"`` (better, p < alpha),
+        ``n`` (pairs with a finite difference, zero differences included, which the test itself leaves out),
+        ``mean_diff``, ``p`` (NaN without a test) and ``mark``: ``"+"`` (better, p < alpha),
         ``"-"`` (worse), ``"="`` (no significant difference) or ``"?"`` (fewer than 5 pairs). Better or worse is
         the sign of the signed-rank statistic (see the module's docstring).
     """
