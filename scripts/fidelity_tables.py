@@ -262,9 +262,10 @@ def _d1_early_vs_source(root: Path) -> str:
     swings = "; ".join(f"seed {k}: {min(h['agreement_history']):.2f} to {max(h['agreement_history']):.2f}, last "
                        f"{h['agreement_history'][-1]:.2f}" for k, h in hist.items())
     which = f"seed{'s' if len(capped) > 1 else ''} {', '.join(map(str, capped))}"
-    return (f"{teacher}. The refinement never met the paper's stop rule in {which} and ran "
-            f"to its cap, while the agreement between early head and network swung from epoch to epoch ({swings}; "
-            "[early_teacher/D1/refinement](early_teacher/D1/refinement/)), so the result depends on where the cap falls")
+    return (f"{teacher}. The refinement never met the paper's stop rule in {which} and ran to its cap, while the "
+            f"agreement between early head and network swung from epoch to epoch ({swings}; "
+            "[early_teacher/D1/refinement](early_teacher/D1/refinement/)), so the result depends on where the cap "
+            "falls")
 
 
 REASONS[("buda", "B2")] = _b2_buda  # a function of the results root, as in VERSUS_REASONS

@@ -10,9 +10,10 @@ the target forest alone) records ``enhancer_epochs``. A row is stale when that c
 
 FOLDER is a benchmark folder (``results.csv``, ``per_image.csv``), e.g. ``results/v2/A1``; the dropped rows are
 kept in its ``superseded_results.csv`` and ``superseded_per_image.csv`` (the validator study's selection tables
-scored their models). Rerun it with ``--resume`` (``scripts/full_benchmarks.sh``): a seed's shared forests and enhancer (``seed<k>/s2d_common``) are
-built again when made at another budget. Other rows are kept as they are: a ``selected`` row keeps the pick
-it made among the candidates of its time (rerunning it needs every candidate's model).
+scored their models). Rerun it with ``--resume`` (``scripts/full_benchmarks.sh``): a seed's shared forests and
+enhancer (``seed<k>/s2d_common``) are built again when made at another budget. Other rows are kept as they are: a
+``selected`` row keeps the pick it made among the candidates of its time (rerunning it needs every candidate's
+model).
 """
 
 from __future__ import annotations
@@ -52,22 +53,18 @@ def drop(folder: Path, epochs: int) -> pd.DataFrame:
     """Remove the stale rows of ``folder`` from every file that holds finished rows (:data:`ROW_FILES`), keeping those
     of the tables in :data:`SUPERSEDED`; returns them (those of ``results.csv`` and of a stopped run's partial
     table)."""
-    gone = pd.concat([stale(pd.read_csv(folder / name), epochs) for name in ROW_FILES[::2]
-                      if (folder / name).is_file()]).drop_duplicates()
+    tables = {name: pd.read_csv(folder / name) for name in ROW_FILES if (folder / name).is_file()}
+    gone = pd.concat([stale(df, epochs) for name, df in tables.items() if name in ROW_FILES[::2]]).drop_duplicates()
     if gone.empty:
         return gone
     keys = set(zip(gone.method, gone.seed.astype(int)))
-    keep = lambda df: df[[(m, int(s)) not in keys for m, s in zip(df.method, df.seed)]]  # noqa: E731
-    for name, archive in SUPERSEDED.items():
-        if (folder / name).is_file():
-            df = pd.read_csv(folder / name)
-            old = df[[(m, int(s)) in keys for m, s in zip(df.method, df.seed)]]
-            if (folder / archive).is_file():
-                old = pd.concat([pd.read_csv(folder / archive), old], ignore_index=True)
-            atomic_write_text(folder / archive, old.to_csv(index=False))
-    for name in ROW_FILES:
-        if (folder / name).is_file():
-            atomic_write_text(folder / name, keep(pd.read_csv(folder / name)).to_csv(index=False))
+    for name, df in tables.items():
+        dropped = pd.Series([(m, int(s)) in keys for m, s in zip(df.method, df.seed)], index=df.index, dtype=bool)
+        if name in SUPERSEDED:
+            archive = folder / SUPERSEDED[name]
+            kept = [pd.read_csv(archive)] if archive.is_file() else []
+            atomic_write_text(archive, pd.concat(kept + [df[dropped]], ignore_index=True).to_csv(index=False))
+        atomic_write_text(folder / name, df[~dropped].to_csv(index=False))
     return gone
 
 

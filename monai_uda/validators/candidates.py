@@ -27,9 +27,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["SOURCE", "SKIP_METHODS", "WEAKLY_SUPERVISED", "METHOD_CHECKPOINTS", "CandidateError", "CandidateSet", "load_weights",
-           "bench_candidates", "seed_candidates", "checkpoint_candidates", "as_uda", "target_images", "source_statistics",
-           "default_inferer"]
+__all__ = ["SOURCE", "SKIP_METHODS", "WEAKLY_SUPERVISED", "METHOD_CHECKPOINTS", "CandidateError", "CandidateSet",
+           "load_weights", "bench_candidates", "seed_candidates", "checkpoint_candidates", "as_uda", "target_images",
+           "source_statistics", "default_inferer"]
 
 #: the name of the reference candidate (the source-only model)
 SOURCE = "source"

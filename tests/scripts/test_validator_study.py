@@ -49,7 +49,9 @@ def test_regret_without_the_weakly_supervised_candidates_reranks_the_rest(tmp_pa
     t.loc[t.candidate == "selftrain", "foreground_fraction"] = 0.5  # second to s2d's 1.0
     t.to_csv(f, index=False)
     data = validator_study.load(tmp_path)
-    row = lambda t: [c.strip() for c in next(x for x in t.splitlines() if x.startswith("| A1 |")).strip("|").split("|")]  # noqa: E731
+    def row(table: str) -> list[str]:
+        return [c.strip() for c in next(x for x in table.splitlines() if x.startswith("| A1 |")).strip("|").split("|")]
+
     assert row(validator_study.regret_table(data))[2:4] == ["s2d", "0.0"]
     cells = row(validator_study.regret_table(data, exclude=tuple(validator_study.WEAKLY_SUPERVISED)))
     assert cells[2:4] == ["selftrain", "0.0"] and cells[5] == "20.0"  # best of the rest: selftrain, 0.70
