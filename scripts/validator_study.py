@@ -35,6 +35,7 @@ from scipy.stats import spearmanr
 
 from monai_uda.utils import atomic_write_text
 from monai_uda.validators.candidates import WEAKLY_SUPERVISED
+from monai_uda.validators.selection import DEFAULT_RULE as DEFAULT_RULE_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks"
@@ -86,33 +87,24 @@ def correlation_table(data: dict[str, pd.DataFrame]) -> str:
 def regret_table(data: dict[str, pd.DataFrame], exclude: tuple[str, ...] = ()) -> str:
     """The default rule and the baselines per pair; ``exclude``: candidates left out of the set (the rule's columns
     score each candidate alone, so the rule over a subset is exactly what ``select`` picks among that subset)."""
-    from monai_uda.validators import select
-    from monai_uda.validators.selection import DEFAULT_RULE
-
     data = {pair: df[~df.candidate.isin(exclude)] for pair, df in data.items()}
 
     lines = ["| pair | seeds | default rule: picks | regret | below source − 2 pts | always source | always `bn` | "
              "random (expected) | oracle choice |", "|---|---|---|---|---|---|---|---|---|"]
     means = {k: [] for k in ("rule", "source", "bn", "random", "oracle")}
     for pair, df in data.items():
-        per = {k: [] for k in means}
-        worse, picks = 0, []
+        # the default rule applied to the recorded scores (the `chosen` column is the pick of the code that wrote
+        # the table; the rule's tie-break has since become independent of the candidates' order)
+        regret, worse, picks = _rule_outcome(df, "default")
+        per = {k: [] for k in means if k != "rule"}
         for _, g in df.dropna(subset=["dice"]).groupby("seed"):
             best, src = g.dice.max(), g.loc[g.candidate == "source", "dice"].iloc[0]
-            # the default rule applied to the recorded scores (the `chosen` column is the pick of the code that
-            # wrote the table; the rule's tie-break has since become independent of the candidates' order)
-            columns = [c for c in DEFAULT_RULE if c in g.columns]
-            name, _ = select(g.set_index("candidate")[columns].apply(pd.to_numeric, errors="coerce"), "default",
-                             source_name="source")
-            pick = g[g.candidate == name].iloc[0]
-            picks.append(str(pick.candidate))
-            per["rule"].append(best - pick.dice)
-            worse += int(pick.dice < src - 0.02)
             per["source"].append(best - src)
             bn = g.loc[g.candidate == "bn", "dice"]
             per["bn"].append(best - bn.iloc[0] if len(bn) else np.nan)
             per["random"].append(best - g.dice.mean())
             per["oracle"].append(0.0)
+        per["rule"] = [regret]
         cell = {k: float(np.nanmean(v)) for k, v in per.items()}
         for k, v in cell.items():
             means[k].append(v)
@@ -121,6 +113,64 @@ def regret_table(data: dict[str, pd.DataFrame], exclude: tuple[str, ...] = ()) -
     if data:
         m = {k: 100 * float(np.nanmean(v)) for k, v in means.items()}
         lines.append(f"| mean | | | {m['rule']:.1f} | | {m['source']:.1f} | {m['bn']:.1f} | {m['random']:.1f} | 0.0 |")
+    return "\n".join(lines) + "\n"
+
+
+def _rule_outcome(df: pd.DataFrame, rule) -> tuple[float, int, list[str]]:
+    """``rule`` (``"default"`` or a list of columns) on one pair's table: the mean over seeds of the regret, the
+    seeds where the pick was more than 2 Dice points below source, and the picks."""
+    from monai_uda.validators import select
+
+    regrets, worse, picks = [], 0, []
+    for _, g in df.dropna(subset=["dice"]).groupby("seed"):
+        columns = DEFAULT_RULE_COLUMNS if rule == "default" else list(rule)
+        columns = [c for c in columns if c in g.columns]
+        name, _ = select(g.set_index("candidate")[columns].apply(pd.to_numeric, errors="coerce"), columns,
+                         source_name="source")
+        pick = g[g.candidate == name].iloc[0]
+        src = g.loc[g.candidate == "source", "dice"].iloc[0]
+        regrets.append(g.dice.max() - pick.dice)
+        worse += int(pick.dice < src - 0.02)
+        picks.append(str(pick.candidate))
+    return float(np.mean(regrets)), worse, picks
+
+
+def candidate_rules(data: dict[str, pd.DataFrame]) -> dict[str, tuple[str, ...]]:
+    """The rules the held-out study chooses among: the default rule, every validator alone and every two of them
+    (mean rank), over the validators recorded for every pair."""
+    from itertools import combinations
+
+    common = set.intersection(*({c for c in df.columns if c not in (*NOT_VALIDATORS, "candidate", "seed", "dice")
+                                 and pd.api.types.is_numeric_dtype(df[c])} for df in data.values()))
+    names = sorted(common)
+    rules = {"default": tuple(DEFAULT_RULE_COLUMNS)}
+    rules.update({v: (v,) for v in names})
+    rules.update({f"{a}+{b}": (a, b) for a, b in combinations(names, 2)})
+    return rules
+
+
+def held_out_table(data: dict[str, pd.DataFrame]) -> str:
+    """Leave one pair out: the rule (of :func:`candidate_rules`) with the lowest mean regret on the other pairs,
+    applied to the held-out pair. This is what choosing a rule on measured pairs promises on a new one."""
+    rules = candidate_rules(data)
+    outcome = {(name, pair): _rule_outcome(df, cols) for name, cols in rules.items() for pair, df in data.items()}
+    lines = ["| held-out pair | rule chosen on the other pairs | its regret there | held-out regret | held-out "
+             "below source − 2 pts | held-out picks | default rule: held-out regret |", "|---|---|---|---|---|---|---|"]
+    held = []
+    for pair in data:
+        train = [p for p in data if p != pair]
+        if not train:
+            continue
+        # lowest mean regret on the other pairs; then fewer picks below source; then the name
+        name = min(rules, key=lambda r: (round(np.mean([outcome[r, p][0] for p in train]), 6),
+                                         sum(outcome[r, p][1] for p in train), r))
+        regret, worse, picks = outcome[name, pair]
+        held.append(regret)
+        lines.append(f"| {pair} | `{name}` | {100 * np.mean([outcome[name, p][0] for p in train]):.1f} | "
+                     f"{100 * regret:.1f} | {worse} | {', '.join(picks)} | {100 * outcome['default', pair][0]:.1f} |")
+    if held:
+        default = np.mean([outcome["default", p][0] for p in data])
+        lines.append(f"| mean | | | {100 * np.mean(held):.1f} | | | {100 * default:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +232,7 @@ def main() -> None:
         sys.exit("no selection tables under docs/benchmarks/selection/<pair>/seed<k>/ (run monai-uda select first)")
     blocks = {"validator-correlation": correlation_table(data), "selection-regret": regret_table(data),
               "selection-regret-unsupervised": regret_table(data, exclude=tuple(WEAKLY_SUPERVISED)),
-              "pairwise-verdict": pairwise_table(data)}
+              "selection-held-out": held_out_table(data), "pairwise-verdict": pairwise_table(data)}
     for name, text in blocks.items():
         print(text)
     if a.write:

@@ -82,3 +82,26 @@ def test_pairwise_verdict_counts_right_and_wrong_calls_and_what_following_it_giv
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:] == ["im, mixval, foreground_fraction", "5", "3 (60 %)", "2 (40 %)", "1", "1", "-2.0 pts",
                          "+0.0 pts"]  # follow: (10 + 0 + 0 - 20 + 0) / 5 points; always: (10 - 10 + 20 - 20 + 0) / 5
+
+
+def test_a_rule_chosen_on_the_other_pairs_is_scored_on_the_held_out_pair(tmp_path):
+    """im tracks the truth on A1 and mixval on B2 (each the reverse on the other pair): leaving A1 out chooses
+    mixval, which picks A1's worst candidate; the default rule's two columns cancel and keep the source model."""
+    true = {"source": 0.50, "bn": 0.60, "st": 0.40, "selftrain": 0.70}
+    for pair, sign in (("A1", 1.0), ("B2", -1.0)):
+        v2 = tmp_path / "v2" / pair
+        v2.mkdir(parents=True)
+        pd.DataFrame([{"method": m, "seed": 0, "dice": d} for m, d in true.items()]).to_csv(v2 / "results.csv",
+                                                                                         index=False)
+        d = tmp_path / "selection" / pair / "seed0"
+        d.mkdir(parents=True)
+        pd.DataFrame([{"candidate": m, "im": sign * v, "mixval": -sign * v, "chosen": False}
+                      for m, v in true.items()]).to_csv(d / "selection.csv", index=False)
+    data = validator_study.load(tmp_path)
+    assert set(validator_study.candidate_rules(data)) == {"default", "im", "mixval", "im+mixval"}
+    rows = {x.split("|")[1].strip(): [c.strip() for c in x.strip("|").split("|")]
+            for x in validator_study.held_out_table(data).splitlines()[2:]}
+    assert rows["A1"][1:6] == ["`mixval`", "0.0", "30.0", "1", "st"]  # chosen on B2 (0 regret there)
+    assert rows["B2"][1:6] == ["`im`", "0.0", "30.0", "1", "st"]
+    assert rows["A1"][6] == rows["B2"][6] == "20.0"  # the default rule keeps the source model
+    assert rows["mean"][3] == "30.0" and rows["mean"][6] == "20.0"
