@@ -3,7 +3,9 @@
 A row records the budget it ran with where a bundle's budget has changed after rows were made: each shallow-to-deep
 row that uses the seed's Prediction Enhancer (``enhancer``, ``s2d``, ``s2d_noteacher``, ``s2d_norect``; not ``rf``,
 the target forest alone) records ``enhancer_epochs``. A row is stale when that column differs from
-``train_enhancer.json``'s ``max_epochs``; a row that lacks it was made before it was recorded, at 24 epochs.
+``train_enhancer.json``'s ``max_epochs``, or when its ``enhancer_validated`` (whether the enhancer kept its best epoch on
+source_validation; missing: it did not) differs from the bundle's ``validate_during_training``; a row that lacks
+``enhancer_epochs`` was made before it was recorded, at 24 epochs.
 
     python scripts/stale_rows.py FOLDER [FOLDER ...]          # list the stale rows
     python scripts/stale_rows.py FOLDER [FOLDER ...] --drop   # remove them (and their per-image rows)
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from monai_uda.benchmarks.methods_s2d import UNRECORDED_ENHANCER_EPOCHS, enhancer_epochs
+from monai_uda.benchmarks.methods_s2d import UNRECORDED_ENHANCER_EPOCHS, enhancer_epochs, enhancer_validated
 from monai_uda.benchmarks.runner import PARTIAL_DIR
 from monai_uda.utils import atomic_write_text
 
@@ -31,11 +33,15 @@ from monai_uda.utils import atomic_write_text
 S2D_FAMILY = ("enhancer", "s2d", "s2d_noteacher", "s2d_norect")
 
 
-def stale(results: pd.DataFrame, epochs: int) -> pd.DataFrame:
-    """The (method, seed) rows of :data:`S2D_FAMILY` whose enhancer did not train ``epochs`` epochs."""
+def stale(results: pd.DataFrame, epochs: int, validated: bool = False) -> pd.DataFrame:
+    """The (method, seed) rows of :data:`S2D_FAMILY` whose enhancer did not train ``epochs`` epochs (the cap, when
+    validated), or was (not) ``validated`` on source_validation."""
     family = results[results.method.isin(S2D_FAMILY)]
-    recorded = family["enhancer_epochs"] if "enhancer_epochs" in family else pd.Series(float("nan"), family.index)
-    return family[recorded.fillna(UNRECORDED_ENHANCER_EPOCHS) != epochs][["method", "seed"]]
+    missing = pd.Series(float("nan"), family.index)
+    recorded = family.get("enhancer_epochs", missing).fillna(UNRECORDED_ENHANCER_EPOCHS)
+    was_validated = family.get("enhancer_validated", missing).map(lambda v: bool(v) if pd.notna(v) else False)
+    other = (recorded != epochs) | (was_validated != validated)
+    return family[other][["method", "seed"]]
 
 
 #: the files of a benchmark folder that hold finished rows: the tables, and the partial files of a run that stopped
@@ -49,12 +55,12 @@ ROW_FILES = ("results.csv", "per_image.csv", f"{PARTIAL_DIR}/results.csv", f"{PA
 SUPERSEDED = {"results.csv": "superseded_results.csv", "per_image.csv": "superseded_per_image.csv"}
 
 
-def drop(folder: Path, epochs: int) -> pd.DataFrame:
+def drop(folder: Path, epochs: int, validated: bool = False) -> pd.DataFrame:
     """Remove the stale rows of ``folder`` from every file that holds finished rows (:data:`ROW_FILES`), keeping those
     of the tables in :data:`SUPERSEDED`; returns them (those of ``results.csv`` and of a stopped run's partial
     table)."""
     tables = {name: pd.read_csv(folder / name) for name in ROW_FILES if (folder / name).is_file()}
-    gone = pd.concat([stale(df, epochs) for name, df in tables.items() if name in ROW_FILES[::2]]).drop_duplicates()
+    gone = pd.concat([stale(df, epochs, validated) for name, df in tables.items() if name in ROW_FILES[::2]]).drop_duplicates()
     if gone.empty:
         return gone
     keys = set(zip(gone.method, gone.seed.astype(int)))
@@ -73,13 +79,15 @@ def main() -> None:
     p.add_argument("folders", nargs="+", type=Path)
     p.add_argument("--drop", action="store_true", help="remove the stale rows (default: list them)")
     a = p.parse_args()
-    epochs = enhancer_epochs({})  # train_enhancer.json's max_epochs
+    epochs, validated = enhancer_epochs({}), enhancer_validated({})  # train_enhancer.json's
     for folder in a.folders:
         if not (folder / "results.csv").is_file():
             raise SystemExit(f"{folder / 'results.csv'}: not found")
-        rows = drop(folder, epochs) if a.drop else stale(pd.read_csv(folder / "results.csv"), epochs)
+        rows = drop(folder, epochs, validated) if a.drop else stale(pd.read_csv(folder / "results.csv"), epochs,
+                                                                     validated)
         what = "dropped" if a.drop else "stale"
-        print(f"{folder}: {len(rows)} {what} row(s) (enhancer_epochs != {epochs})"
+        print(f"{folder}: {len(rows)} {what} row(s) (enhancer_epochs != {epochs} or enhancer_validated != "
+              f"{validated})"
               + ("" if rows.empty else ": " + ", ".join(f"{m} seed {s}" for m, s in zip(rows.method, rows.seed))))
 
 

@@ -67,14 +67,24 @@ def _overrides(ctx: MethodContext, subdir: str) -> dict:
     return ov
 
 
-def enhancer_epochs(ov: dict) -> int:
-    """The epochs the enhancer trains with the bundle overrides ``ov``: theirs, else ``train_enhancer.json``'s."""
-    if "max_epochs" in ov:
-        return int(ov["max_epochs"])
+def _enhancer_setting(ov: dict, key: str):
+    """``key`` of the enhancer's training with the bundle overrides ``ov``: theirs, else ``train_enhancer.json``'s."""
+    if key in ov:
+        return ov[key]
     from monai_uda.bundle.locate import bundle_dir
 
     with open(bundle_dir(BUNDLE) / "configs" / "train_enhancer.json") as fh:
-        return int(json.load(fh)["max_epochs"])
+        return json.load(fh)[key]
+
+
+def enhancer_epochs(ov: dict) -> int:
+    """The epochs (with validation: the cap) the enhancer trains with the bundle overrides ``ov``."""
+    return int(_enhancer_setting(ov, "max_epochs"))
+
+
+def enhancer_validated(ov: dict) -> bool:
+    """Whether the enhancer keeps its best epoch on source_validation (``validate_during_training``)."""
+    return bool(_enhancer_setting(ov, "validate_during_training"))
 
 
 def shallow2deep_common(ctx: MethodContext) -> dict:
@@ -88,7 +98,8 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
     if os.path.isfile(facts_file):
         with open(facts_file) as fh:
             facts = json.load(fh)
-        if facts.get("enhancer_epochs", UNRECORDED_ENHANCER_EPOCHS) == enhancer_epochs(ov):
+        if (facts.get("enhancer_epochs", UNRECORDED_ENHANCER_EPOCHS) == enhancer_epochs(ov)
+                and facts.get("enhancer_validated", False) == enhancer_validated(ov)):
             return facts
     facts: dict = {}
     t = time.time()
@@ -98,7 +109,16 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
     t = time.time()
     wf = run_bundle(BUNDLE, "train_enhancer.json", workflow_type=None, **ov)
     facts["enhancer_train_s"] = round(time.time() - t, 2)
-    facts["enhancer_epochs"] = int(wf.parser.get_parsed_content("max_epochs"))  # the row's enhancer budget
+    facts["enhancer_epochs"] = int(wf.parser.get_parsed_content("max_epochs"))  # the row's enhancer budget (cap)
+    facts["enhancer_validated"] = bool(wf.parser.get_parsed_content("validate_during_training"))
+    facts["enhancer_trained_epochs"] = int(wf.parser.get_parsed_content("train#trainer").state.epoch)
+    if facts["enhancer_validated"]:  # the epoch whose weights became the enhancer: the best source_validation Dice
+        import pandas as pd
+
+        hist = pd.read_csv(os.path.splitext(ov["enhancer_file"])[0] + "_validation_history.csv")
+        best = hist.loc[hist.val_mean_dice.idxmax()]
+        facts["enhancer_best_epoch"] = int(best.epoch)
+        facts["enhancer_val_dice"] = round(float(best.val_mean_dice), 4)
     wf = run_bundle(
         BUNDLE, "adapt.json", workflow_type=None,
         initialize=["$monai.utils.set_determinism(seed=@seed)"],
@@ -123,7 +143,8 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
 
 def _extra(facts: dict, **more) -> dict:
     keep = ("scribble_simulated", "scribble_images", "scribble_pixels", "scribble_fg_pixels", "source_forests",
-            "source_forests_s", "enhancer_epochs", "enhancer_train_s", "target_forest_features_s",
+            "source_forests_s", "enhancer_epochs", "enhancer_validated", "enhancer_trained_epochs",
+            "enhancer_best_epoch", "enhancer_val_dice", "enhancer_train_s", "target_forest_features_s",
             "target_forest_fit_s")
     return {**{k: facts[k] for k in keep if k in facts}, **more}
 

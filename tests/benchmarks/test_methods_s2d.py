@@ -1,3 +1,5 @@
+import os
+
 import pandas as pd
 
 from monai_uda.benchmarks.methods import METHODS, load_methods
@@ -47,7 +49,14 @@ def test_the_shared_forests_and_enhancer_are_built_again_at_another_enhancer_bud
 
     def fake_run_bundle(name, config, workflow_type=None, **ov):
         calls.append(config)
-        content = {"n_forests": 2, "max_epochs": ov.get("max_epochs", 24), "target_forest_trees": 3,
+        validated = ov.get("validate_during_training", True)
+        if config == "train_enhancer.json" and validated:  # the bundle's validation history: best at epoch 2
+            os.makedirs(os.path.dirname(ov["enhancer_file"]), exist_ok=True)
+            pd.DataFrame({"epoch": [1, 2, 3], "val_mean_dice": [0.1, 0.3, 0.2]}).to_csv(
+                os.path.splitext(ov["enhancer_file"])[0] + "_validation_history.csv", index=False)
+        content = {"n_forests": 2, "max_epochs": methods_s2d.enhancer_epochs(ov), "target_forest_trees": 3,
+                   "validate_during_training": validated, "train#trainer": SimpleNamespace(state=SimpleNamespace(
+                       epoch=3)),
                    "scribble_data": (None, {"simulated": True, "scribble_images": 1, "scribble_pixels": 5,
                                             "scribble_fg_pixels": 2})}
         return SimpleNamespace(parser=SimpleNamespace(get_parsed_content=content.__getitem__))
@@ -57,7 +66,9 @@ def test_the_shared_forests_and_enhancer_are_built_again_at_another_enhancer_bud
     default = methods_s2d.enhancer_epochs({})
     with open(bundle.bundle_dir(methods_s2d.BUNDLE) / "configs" / "train_enhancer.json") as fh:
         assert default == json.load(fh)["max_epochs"]  # the bundle's own budget when nothing overrides it
-    assert methods_s2d.shallow2deep_common(ctx())["enhancer_epochs"] == default
+    facts = methods_s2d.shallow2deep_common(ctx())
+    assert facts["enhancer_epochs"] == default and facts["enhancer_validated"] is True
+    assert (facts["enhancer_trained_epochs"], facts["enhancer_best_epoch"], facts["enhancer_val_dice"]) == (3, 2, 0.3)
     assert calls == ["prepare_forests.json", "train_enhancer.json", "adapt.json"]
     methods_s2d.shallow2deep_common(ctx())
     assert len(calls) == 3  # same budget: reused
@@ -69,3 +80,7 @@ def test_the_shared_forests_and_enhancer_are_built_again_at_another_enhancer_bud
     facts_file.write_text(json.dumps(facts))
     methods_s2d.shallow2deep_common(ctx(max_epochs=methods_s2d.UNRECORDED_ENHANCER_EPOCHS))
     assert len(calls) == 6
+    facts = methods_s2d.shallow2deep_common(ctx(max_epochs=methods_s2d.UNRECORDED_ENHANCER_EPOCHS,
+                                                 validate_during_training=False))
+    assert len(calls) == 9 and facts["enhancer_validated"] is False  # without validation: built again
+    assert "enhancer_best_epoch" not in facts

@@ -135,8 +135,9 @@ def test_paper_optimizer_with_a_plateau_schedule_on_the_epoch_mean_loss(upstream
     root, _ = upstream
     ov = _ov(root, tiny_demo_2d, output_dir=str(tmp_path / "eval"), target_forest_trees=5, scribble_images=1,
              **dict(TINY, max_epochs=3), lr_patience=0)
-    if config == "train_enhancer.json":
-        ov["ckpt_dir"] = str(tmp_path / "models")
+    if config == "train_enhancer.json":  # the schedule without validation (the default validates: below)
+        ov.update(ckpt_dir=str(tmp_path / "models"), enhancer_file=str(tmp_path / "models" / "enhancer.pt"),
+                  validate_during_training=False)
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(config_file=str(bundle_dir(BUNDLE) / "configs" / config), logging_file=False,
@@ -169,3 +170,51 @@ def test_target_forest_has_the_source_forests_tree_count():
     configs = bundle_dir(BUNDLE) / "configs"
     source = json.loads((configs / "prepare_forests.json").read_text())["forest_trees"]
     assert json.loads((configs / "adapt.json").read_text())["target_forest_trees"] == source
+
+
+def test_enhancer_validates_on_source_validation_and_keeps_its_best_epoch(upstream, tiny_demo_2d, tmp_path):
+    """The paper's plateau schedule on a validation metric: the Dice on source_validation (each image with a fixed
+    forest), the learning rate x 0.2 after lr_patience validations without a better Dice, early stopping, and the
+    best epoch's weights as enhancer_file (written when training ends)."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    root, _ = upstream
+    models = tmp_path / "models"
+    ov = _ov(root, tiny_demo_2d, output_dir=str(tmp_path / "eval"), ckpt_dir=str(models),
+             enhancer_file=str(models / "enhancer.pt"), **dict(TINY, max_epochs=6), lr_patience=0,
+             early_stop_patience=2)
+    wf = ConfigWorkflow(config_file=str(bundle_dir(BUNDLE) / "configs" / "train_enhancer.json"), logging_file=False,
+                        meta_file=str(bundle_dir(BUNDLE) / "configs" / "metadata.json"), **ov)
+    wf.initialize()
+    trainer, opt = wf.parser.get_parsed_content("train#trainer"), wf.parser.get_parsed_content("optimizer")
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    items = wf.parser.get_parsed_content("validate#dataset").data
+    uda = wf.parser.get_parsed_content("uda")
+    assert [it["image"] for it in items] == [it["image"] for it in uda.split("source_validation")]  # never target
+    assert [it["forest_index"] for it in items] == [k % 3 for k in range(len(items))]
+    dice, lrs, weights = [], [], []
+    evaluator.add_event_handler(Events.COMPLETED, lambda e: dice.append(e.state.metrics["val_mean_dice"]))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: (
+        lrs.append(opt.param_groups[0]["lr"]),
+        weights.append({k: v.clone() for k, v in wf.parser.get_parsed_content("enhancer").state_dict().items()})))
+    wf.run()
+    assert models.joinpath("enhancer.pt").is_file() and models.joinpath("enhancer_final.pt").is_file()
+    assert not models.joinpath("enhancer_best.pt.tmp").exists()
+    expected, best, lr, stale = [], -np.inf, 2e-4, 0  # ReduceLROnPlateau(mode max, factor 0.2, patience 0)
+    for d in dice:
+        if d > best * (1 + 1e-4) if best > 0 else d > best:
+            best, stale = d, 0
+        else:
+            lr, stale = lr * 0.2, stale + 1
+        expected.append(lr)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+    # early stopping after 2 validations without a better Dice, else the cap
+    first_best = int(np.argmax(dice))
+    assert len(dice) == min(6, first_best + 1 + 2)
+    saved = torch.load(models / "enhancer.pt", weights_only=True)
+    saved = saved.get("model", saved)
+    for k, v in weights[first_best].items():
+        torch.testing.assert_close(saved[k], v)
+    hist = np.genfromtxt(models / "enhancer_validation_history.csv", delimiter=",", names=True)
+    np.testing.assert_allclose(np.atleast_1d(hist["val_mean_dice"]), dice, rtol=1e-6)

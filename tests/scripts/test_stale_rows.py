@@ -70,3 +70,14 @@ def test_dropped_rows_are_kept_aside_for_the_validator_study(tmp_path):
                                                                                                index=False)
     data = validator_study.load(tmp_path)["A1"].set_index("candidate")
     assert data.dice.to_dict() == {"source": 0.5, "s2d": 0.5}
+
+
+def test_an_enhancer_without_validation_is_stale_when_the_bundle_validates():
+    nan = float("nan")
+    results = pd.DataFrame([{"method": "enhancer", "seed": 0, "enhancer_epochs": 100, "enhancer_validated": nan},
+                            {"method": "s2d", "seed": 0, "enhancer_epochs": 100, "enhancer_validated": True},
+                            {"method": "s2d", "seed": 1, "enhancer_epochs": 48, "enhancer_validated": True},
+                            {"method": "s2d_norect", "seed": 0, "enhancer_epochs": 100, "enhancer_validated": False}])
+    gone = stale_rows.stale(results, 100, validated=True)
+    assert sorted(zip(gone.method, gone.seed)) == [("enhancer", 0), ("s2d", 1), ("s2d_norect", 0)]
+    assert list(stale_rows.stale(results, 100, validated=False).method) == ["s2d", "s2d"]

@@ -1,7 +1,9 @@
 """Prediction Enhancer training input of shallow-to-deep (Matskevych et al., Section 2.1): a random source forest's
 foreground probability, never the raw image.
 
-:class:`RandForestProbabilityd` draws one of many source forests per sample ("to create more variability,
+:class:`ForestProbabilityd` uses the forest that each item names (``forest_index``; validation: the same forest for
+an image every epoch, so the validation metric measures the enhancer, not the draw). :class:`RandForestProbabilityd`
+draws one of many source forests per sample ("to create more variability,
 we sample from all previously trained classifiers"), computes the pixel features of the (context-padded)
 image crop, predicts the forest's foreground probability, crops the context margin off the probability and
 the label keys and, by default, drops the raw image from the sample, so nothing downstream can feed it to
@@ -21,11 +23,11 @@ from monai_uda.methods.shallow2deep.forests import predict_foreground
 from monai_uda.methods.shallow2deep.s2d import as_forest_probability
 from monai_uda.methods.shallow2deep.pixel_features import PixelFeatures
 
-__all__ = ["RandForestProbabilityd"]
+__all__ = ["ForestProbabilityd", "RandForestProbabilityd"]
 
 
-class RandForestProbabilityd(Randomizable, MapTransform):
-    """Replace an image by the foreground probability of a randomly drawn forest.
+class ForestProbabilityd(MapTransform):
+    """Replace an image by the foreground probability of the forest that the item names.
 
     Args:
         keys: the image key (exactly one; ``(1, *spatial)``, already normalised like the forests' training data).
@@ -36,6 +38,7 @@ class RandForestProbabilityd(Randomizable, MapTransform):
         margin: context pixels removed from every side after prediction (the crop was enlarged by it so
             that large-scale features see real image context).
         drop_input: remove ``keys`` from the sample (default; the enhancer never sees raw images).
+        index_key: the item key holding the forest's index (taken modulo the number of forests; 0 when absent).
     """
 
     def __init__(
@@ -47,10 +50,11 @@ class RandForestProbabilityd(Randomizable, MapTransform):
         crop_keys: KeysCollection = ("label",),
         margin: int = 0,
         drop_input: bool = True,
+        index_key: str = "forest_index",
     ):
         MapTransform.__init__(self, keys)
         if len(self.keys) != 1:
-            raise ValueError(f"RandForestProbabilityd takes exactly one image key, got {self.keys}.")
+            raise ValueError(f"{type(self).__name__} takes exactly one image key, got {self.keys}.")
         if len(forests) == 0:
             raise ValueError("forests is empty: run prepare_forests first.")
         if int(margin) < 0:
@@ -63,10 +67,10 @@ class RandForestProbabilityd(Randomizable, MapTransform):
         self.crop_keys = (crop_keys,) if isinstance(crop_keys, str) else tuple(crop_keys)
         self.margin = int(margin)
         self.drop_input = drop_input
-        self._index = 0
+        self.index_key = index_key
 
-    def randomize(self, data=None) -> None:
-        self._index = int(self.R.randint(len(self.forests)))
+    def forest_index(self, data: Mapping) -> int:
+        return int(data.get(self.index_key, 0)) % len(self.forests)
 
     def _crop(self, x):
         if not self.margin:
@@ -79,13 +83,32 @@ class RandForestProbabilityd(Randomizable, MapTransform):
         img = d[key]
         if any(s <= 2 * self.margin for s in img.shape[1:]):
             raise ValueError(f"{key!r} of shape {tuple(img.shape)} is too small for a context margin of {self.margin}.")
-        self.randomize()
+        index = self.forest_index(d)
         feats = self.features(img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img))
-        prob = self._crop(predict_foreground(self.forests[self._index], feats))
-        d[self.output_key] = as_forest_probability(np.ascontiguousarray(prob), forest_index=self._index)
+        prob = self._crop(predict_foreground(self.forests[index], feats))
+        d[self.output_key] = as_forest_probability(np.ascontiguousarray(prob), forest_index=index)
         for k in self.crop_keys:
             if k in d:
                 d[k] = self._crop(d[k])
         if self.drop_input:
             d.pop(key)
+        d.pop(self.index_key, None)
         return d
+
+
+class RandForestProbabilityd(Randomizable, ForestProbabilityd):
+    """Replace an image by the foreground probability of a randomly drawn forest (arguments: :class:`ForestProbabilityd`
+    without ``index_key``)."""
+
+    def __init__(self, keys: KeysCollection, forests: Sequence, features: PixelFeatures | Mapping | None = None,
+                 output_key: str = "rf_prob", crop_keys: KeysCollection = ("label",), margin: int = 0,
+                 drop_input: bool = True):
+        ForestProbabilityd.__init__(self, keys, forests, features, output_key, crop_keys, margin, drop_input)
+        self._index = 0
+
+    def randomize(self, data=None) -> None:
+        self._index = int(self.R.randint(len(self.forests)))
+
+    def forest_index(self, data: Mapping) -> int:
+        self.randomize()
+        return self._index

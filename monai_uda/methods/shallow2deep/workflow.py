@@ -47,7 +47,7 @@ from monai_uda.methods.shallow2deep.scribbles import simulate_scribbles
 from monai_uda.methods.shallow2deep.s2d import PredictionEnhancer, as_forest_probability
 from monai_uda.transforms.pipelines import load_transforms
 from monai_uda.methods.shallow2deep.pixel_features import PixelFeatures
-from monai_uda.methods.shallow2deep.random_forest_probability import RandForestProbabilityd
+from monai_uda.methods.shallow2deep.random_forest_probability import ForestProbabilityd, RandForestProbabilityd
 from monai_uda.utils import atomic_json, atomic_write
 
 __all__ = [
@@ -55,6 +55,8 @@ __all__ = [
     "loaded_items",
     "ensure_source_forests",
     "enhancer_transforms",
+    "enhancer_validation_items",
+    "enhancer_validation_transforms",
     "enhancer_prepare_batch",
     "feature_margin",
     "scribble_items",
@@ -185,6 +187,28 @@ def enhancer_transforms(
         xs += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(uda.spatial_dims)]
         xs.append(RandRotate90d(keys=keys, prob=0.5, spatial_axes=(0, 1)))
     xs.append(RandForestProbabilityd("image", forests, features, "rf_prob", ("label",), margin))
+    return Compose(xs)
+
+
+def enhancer_validation_items(uda, key: str = "source_validation", n_forests: int = 1,
+                              limit: int | None = None) -> list[dict]:
+    """The items of split ``key`` (labelled source images, never target ones), item ``k`` naming forest
+    ``k mod n_forests`` (``forest_index``): each validation image gets the same forest every epoch, and the images
+    together see several forests, as the enhancer does in training."""
+    items = uda.split(key, limit=limit)
+    if not items:
+        raise ValueError(f"datalist split {key!r} is empty: the enhancer's validation needs labelled source images "
+                         "(set validate_during_training to false to train without it).")
+    return [dict(it, forest_index=k % max(1, int(n_forests))) for k, it in enumerate(items)]
+
+
+def enhancer_validation_transforms(uda, forests: Sequence, features: PixelFeatures | Mapping) -> Compose:
+    """Enhancer validation chain: load a whole source image + label, replace the image by its item's forest's
+    probability (:class:`ForestProbabilityd`, image dropped). Deterministic, so a ``CacheDataset`` computes the
+    features and forest probabilities once."""
+    keys = ["image", "label"]
+    xs = load_transforms(keys, label_key="label", **_uda_kwargs(uda))
+    xs.append(ForestProbabilityd("image", forests, features, "rf_prob", ("label",)))
     return Compose(xs)
 
 
