@@ -93,8 +93,8 @@ def test_a_check_whose_1x_budget_the_bundle_left_reads_its_own_1x_rows(tmp_path)
     table = budget_checks.budget_table(tmp_path)
     assert "+0.200" in _row(table, "s2d_enhancer") and "more helps" in _row(table, "s2d_enhancer")
     assert "+0.100" in _row(table, "s2d_enhancer_48")  # its own 1x rows, not the v2 rows (+0.200 away)
-    # the next doubling compares against the 48-epoch rows, and has no 2x rows yet
-    assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_96")
+    # the validated enhancer's check compares against the v2 rows, and has no 2x rows yet
+    assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_val")
 
 
 def test_run_for_some_seeds_continues_from_the_committed_rows_and_reuses_finished_source_models(tmp_path, monkeypatch):
