@@ -5,7 +5,7 @@ import torch
 from monai_uda.methods.shallow2deep.forests import predict_foreground, train_source_forests
 from monai_uda.methods.shallow2deep.s2d import ENHANCER_INPUT_KEY, RF_PROBABILITY
 from monai_uda.methods.shallow2deep.pixel_features import PixelFeatures
-from monai_uda.methods.shallow2deep.random_forest_probability import RandForestProbabilityd
+from monai_uda.methods.shallow2deep.random_forest_probability import ForestProbabilityd, RandForestProbabilityd
 
 FEATS = PixelFeatures(sigmas=(0.7, 1.6), features=("gaussian", "ggm"))
 
@@ -45,3 +45,15 @@ def test_errors(forests):
         RandForestProbabilityd(["image", "other"], fs, FEATS)
     with pytest.raises(ValueError, match="too small"):
         RandForestProbabilityd("image", fs, FEATS, margin=20)({"image": img[None]})
+
+
+def test_the_item_names_its_forest_so_validation_is_the_same_every_epoch(forests):
+    fs, img, lab = forests
+    t = ForestProbabilityd("image", fs, FEATS.get_config())
+    for k in (0, 2, 4):  # 4 -> forest 1 (modulo the number of forests)
+        item = {"image": torch.as_tensor(img)[None], "label": torch.as_tensor(lab)[None], "forest_index": k}
+        out = t(item)
+        assert set(out) == {"rf_prob", "label"} and out["rf_prob"].meta["s2d_forest_index"] == k % 3
+        np.testing.assert_allclose(out["rf_prob"].numpy(), predict_foreground(fs[k % 3], FEATS(img[None])), rtol=1e-6)
+        np.testing.assert_array_equal(t(item)["rf_prob"].numpy(), out["rf_prob"].numpy())  # no draw
+    assert t({"image": img[None]})["rf_prob"].meta["s2d_forest_index"] == 0  # no index: the first forest
