@@ -258,14 +258,25 @@ def _d1_early_vs_source(root: Path) -> str:
     if not teacher or not runs:
         return ""
     hist = {int(f.stem[4:]): json.loads(f.read_text()) for f in runs}
+
+    def seeds(ks: list[int]) -> str:
+        return f"seed{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}"
+
     capped = [k for k, h in hist.items() if not h.get("agreement_converged")]
+    stopped = [k for k, h in hist.items() if h.get("agreement_converged")]
+    how = []
+    if capped:
+        how.append(f"never met the paper's stop rule in {seeds(capped)} and ran to its cap")
+    if stopped:
+        how.append(f"met it in {seeds(stopped)} (" + "; ".join(
+            f"seed {k}: after epoch {h['epochs_to_convergence']}, agreement {h['agreement_history'][-1]:.2f}"
+            for k, h in hist.items() if k in stopped) + "), and an agreement that stays near 0 meets the rule too")
     swings = "; ".join(f"seed {k}: {min(h['agreement_history']):.2f} to {max(h['agreement_history']):.2f}, last "
                        f"{h['agreement_history'][-1]:.2f}" for k, h in hist.items())
-    which = f"seed{'s' if len(capped) > 1 else ''} {', '.join(map(str, capped))}"
-    return (f"{teacher}. The refinement never met the paper's stop rule in {which} and ran to its cap, while the "
-            f"agreement between early head and network swung from epoch to epoch ({swings}; "
-            "[early_teacher/D1/refinement](early_teacher/D1/refinement/)), so the result depends on where the cap "
-            "falls")
+    return (f"{teacher}. The refinement {', and '.join(how)}; the agreement between early head and network "
+            f"(|change| < 0.005 is the stop rule) went {swings} "
+            "([early_teacher/D1/refinement](early_teacher/D1/refinement/)), so the result depends on where the "
+            "refinement stops")
 
 
 REASONS[("buda", "B2")] = _b2_buda  # a function of the results root, as in VERSUS_REASONS

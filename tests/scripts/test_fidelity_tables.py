@@ -126,10 +126,11 @@ def test_early_on_d1_reads_the_teacher_and_how_each_refinement_ran(tmp_path):
     assert ft._d1_early_vs_source(tmp_path) == ""  # nothing measured: the page says so
     pd.DataFrame([{"seed": s, "final_before": 0.5, "early_before": 0.8, "final_after": 0.6, "early_after": 0.7}
                   for s in (0, 1)]).to_csv(d / "summary.csv", index=False)
-    (d / "refinement" / "seed0.json").write_text(json.dumps({"agreement_converged": True,
+    (d / "refinement" / "seed0.json").write_text(json.dumps({"agreement_converged": True, "epochs_to_convergence": 3,
                                                              "agreement_history": [0.5, 0.6, 0.601]}))
     (d / "refinement" / "seed1.json").write_text(json.dumps({"agreement_converged": False,
                                                              "agreement_history": [0.0, 0.7, 0.03]}))
     text = ft._d1_early_vs_source(tmp_path)
     assert "early head 0.800" in text and "stop rule in seed 1 and ran" in text
+    assert "met it in seed 0 (seed 0: after epoch 3, agreement 0.60)" in text
     assert "seed 1: 0.00 to 0.70, last 0.03" in text
