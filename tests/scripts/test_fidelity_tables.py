@@ -131,6 +131,6 @@ def test_early_on_d1_reads_the_teacher_and_how_each_refinement_ran(tmp_path):
     (d / "refinement" / "seed1.json").write_text(json.dumps({"agreement_converged": False,
                                                              "agreement_history": [0.0, 0.7, 0.03]}))
     text = ft._d1_early_vs_source(tmp_path)
-    assert "early head 0.800" in text and "stop rule in seed 1 and ran" in text
-    assert "met it in seed 0 (seed 0: after epoch 3, agreement 0.60)" in text
+    assert "early head 0.800" in text and "ran to its cap without meeting the paper's stop rule in seed 1;" in text
+    assert "met the rule in seed 0 after epoch 3 at an agreement of 0.60." in text  # not near 0: no aside
     assert "seed 1: 0.00 to 0.70, last 0.03" in text
