@@ -180,7 +180,8 @@ def v2_summary(root: Path = ROOT) -> str:
         if best is not None:  # the other methods better than source that the paired test cannot tell from the best
             tied = [m for _, m in sorted(better, reverse=True)
                     if m != best[1] and paired_test(pi, m, baseline=best[1])["mark"] == "="]
-            cell += f"; no significant difference from it: {', '.join(tied)}" if tied else "; above all others"
+            cell += (f"; no significant difference from it: {', '.join(tied)}" if tied else
+                     "; the only one" if len(better) == 1 else "; significantly above the others better than source")
         sel = df[df.method == "selected"]
         if sel.empty:
             pick = "not run"

@@ -27,7 +27,7 @@ def test_v2_summary_shows_the_label_free_pick_beside_the_best_method(tmp_path):
     pd.DataFrame(rows).to_csv(d / "per_image.csv", index=False)
     line = next(x for x in protocol_tables.v2_summary(tmp_path).splitlines() if x.startswith("| A1 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[3].startswith("bn: ")  # the best method, never the pick itself
+    assert cells[3].startswith("bn: ") and cells[3].endswith("; the only one")  # never the pick itself; st is worse
     assert cells[4].endswith("+ (bn, source, bn)")  # the pick: better than source, and which model per seed
     assert "selected" not in cells[6] and "st" in cells[6]
 
