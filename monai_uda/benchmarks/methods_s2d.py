@@ -52,8 +52,9 @@ def s2d_sizes(budget: dict) -> dict:
 
 
 def _overrides(ctx: MethodContext, subdir: str) -> dict:
+    # a cut budget (quick/demo: validate_during_training false) trains the enhancer for its fixed epochs, as it
+    # does the source model; full mode leaves the key out, so the enhancer validates (train_enhancer.json)
     ov = ctx.bundle_overrides(subdir)
-    ov.pop("validate_during_training", None)
     d = os.path.join(ctx.workdir, "s2d_common")
     ov.update(
         forest_file=os.path.join(d, "source_forests.joblib"),

@@ -32,6 +32,7 @@ def test_quick_benchmark_runs_all_s2d_methods(tmp_path, tiny_demo_2d, monkeypatc
     assert (csv.loc[csv.method.str.startswith("s2d"), "epochs"] == 1).all()
     assert csv.enhancer_train_s.notna().all() and csv.target_forest_fit_s.notna().all()
     assert (csv.enhancer_epochs == 1).all()  # each row records the enhancer budget it ran with (the quick cap)
+    assert not csv.enhancer_validated.any()  # a cut budget trains its fixed epochs, without validation
 
 
 def test_the_shared_forests_and_enhancer_are_built_again_at_another_enhancer_budget(tmp_path, tiny_demo_2d,
