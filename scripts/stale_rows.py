@@ -3,8 +3,8 @@
 A row records the budget it ran with where a bundle's budget has changed after rows were made: each shallow-to-deep
 row that uses the seed's Prediction Enhancer (``enhancer``, ``s2d``, ``s2d_noteacher``, ``s2d_norect``; not ``rf``,
 the target forest alone) records ``enhancer_epochs``. A row is stale when that column differs from
-``train_enhancer.json``'s ``max_epochs``, or when its ``enhancer_validated`` (whether the enhancer kept its best epoch on
-source_validation; missing: it did not) differs from the bundle's ``validate_during_training``; a row that lacks
+``train_enhancer.json``'s ``max_epochs``, or when its ``enhancer_validated`` (whether the enhancer kept its best epoch
+on source_validation; missing: it did not) differs from the bundle's ``validate_during_training``; a row that lacks
 ``enhancer_epochs`` was made before it was recorded, at 24 epochs.
 
     python scripts/stale_rows.py FOLDER [FOLDER ...]          # list the stale rows
@@ -60,7 +60,8 @@ def drop(folder: Path, epochs: int, validated: bool = False) -> pd.DataFrame:
     of the tables in :data:`SUPERSEDED`; returns them (those of ``results.csv`` and of a stopped run's partial
     table)."""
     tables = {name: pd.read_csv(folder / name) for name in ROW_FILES if (folder / name).is_file()}
-    gone = pd.concat([stale(df, epochs, validated) for name, df in tables.items() if name in ROW_FILES[::2]]).drop_duplicates()
+    gone = pd.concat([stale(df, epochs, validated) for name, df in tables.items()
+                      if name in ROW_FILES[::2]]).drop_duplicates()
     if gone.empty:
         return gone
     keys = set(zip(gone.method, gone.seed.astype(int)))

@@ -65,10 +65,14 @@ def load(root: Path = DOCS) -> dict[str, pd.DataFrame]:
     return out
 
 
+def _validator_columns(df: pd.DataFrame) -> set[str]:
+    """The validator scores of one pair's table (numeric columns that are not bookkeeping)."""
+    return {c for c in df.columns
+            if c not in (*NOT_VALIDATORS, "candidate", "seed", "dice") and pd.api.types.is_numeric_dtype(df[c])}
+
+
 def correlation_table(data: dict[str, pd.DataFrame]) -> str:
-    validators = sorted({c for df in data.values() for c in df.columns
-                         if c not in (*NOT_VALIDATORS, "candidate", "seed", "dice") and
-                         pd.api.types.is_numeric_dtype(df[c])})
+    validators = sorted(set().union(*map(_validator_columns, data.values())))
     lines = ["| validator | " + " | ".join(data) + " |", "|---|" + "---|" * len(data)]
     for v in validators + ["rule_score"]:
         cells = []
@@ -121,10 +125,9 @@ def _rule_outcome(df: pd.DataFrame, rule) -> tuple[float, int, list[str]]:
     seeds where the pick was more than 2 Dice points below source, and the picks."""
     from monai_uda.validators import select
 
+    columns = [c for c in (DEFAULT_RULE_COLUMNS if rule == "default" else rule) if c in df.columns]
     regrets, worse, picks = [], 0, []
     for _, g in df.dropna(subset=["dice"]).groupby("seed"):
-        columns = DEFAULT_RULE_COLUMNS if rule == "default" else list(rule)
-        columns = [c for c in columns if c in g.columns]
         name, _ = select(g.set_index("candidate")[columns].apply(pd.to_numeric, errors="coerce"), columns,
                          source_name="source")
         pick = g[g.candidate == name].iloc[0]
@@ -140,9 +143,7 @@ def candidate_rules(data: dict[str, pd.DataFrame]) -> dict[str, tuple[str, ...]]
     (mean rank), over the validators recorded for every pair."""
     from itertools import combinations
 
-    common = set.intersection(*({c for c in df.columns if c not in (*NOT_VALIDATORS, "candidate", "seed", "dice")
-                                 and pd.api.types.is_numeric_dtype(df[c])} for df in data.values()))
-    names = sorted(common)
+    names = sorted(set.intersection(*map(_validator_columns, data.values())))
     rules = {"default": tuple(DEFAULT_RULE_COLUMNS)}
     rules.update({v: (v,) for v in names})
     rules.update({f"{a}+{b}": (a, b) for a, b in combinations(names, 2)})
@@ -189,7 +190,6 @@ def pairwise_table(data: dict[str, pd.DataFrame], methods: tuple[str, ...] = BUN
     """The two-model verdict of ``record_validator_scores`` for every (method, seed) of ``methods``: right or wrong
     (right = it says "adapted" exactly when the adapted model's true Dice is above the source's), and its worth."""
     from monai_uda.validators import select
-    from monai_uda.validators.selection import DEFAULT_RULE
 
     lines = ["| pair | rule columns | adapted models | verdict right | always adapted: right | says adapted, 2+ pts "
              "worse than source | says source, 2+ pts better than source | follow the verdict: Dice − source | "
@@ -197,7 +197,7 @@ def pairwise_table(data: dict[str, pd.DataFrame], methods: tuple[str, ...] = BUN
     for pair, df in data.items():
         right = naive = bad_keep = bad_adapt = 0
         follow, always = [], []
-        columns = [c for c in DEFAULT_RULE if c in df.columns]
+        columns = [c for c in DEFAULT_RULE_COLUMNS if c in df.columns]
         if not columns:
             continue
         for _, g in df.dropna(subset=["dice"]).groupby("seed"):

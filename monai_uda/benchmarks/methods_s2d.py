@@ -116,7 +116,7 @@ def shallow2deep_common(ctx: MethodContext) -> dict:
     if facts["enhancer_validated"]:  # the epoch whose weights became the enhancer: the best source_validation Dice
         import pandas as pd
 
-        hist = pd.read_csv(os.path.splitext(ov["enhancer_file"])[0] + "_validation_history.csv")
+        hist = pd.read_csv(wf.parser.get_parsed_content("history_file"))
         best = hist.loc[hist.val_mean_dice.idxmax()]
         facts["enhancer_best_epoch"] = int(best.epoch)
         facts["enhancer_val_dice"] = round(float(best.val_mean_dice), 4)

@@ -51,13 +51,13 @@ def test_the_shared_forests_and_enhancer_are_built_again_at_another_enhancer_bud
     def fake_run_bundle(name, config, workflow_type=None, **ov):
         calls.append(config)
         validated = ov.get("validate_during_training", True)
+        history = os.path.splitext(ov["enhancer_file"])[0] + "_validation_history.csv"
         if config == "train_enhancer.json" and validated:  # the bundle's validation history: best at epoch 2
             os.makedirs(os.path.dirname(ov["enhancer_file"]), exist_ok=True)
-            pd.DataFrame({"epoch": [1, 2, 3], "val_mean_dice": [0.1, 0.3, 0.2]}).to_csv(
-                os.path.splitext(ov["enhancer_file"])[0] + "_validation_history.csv", index=False)
+            pd.DataFrame({"epoch": [1, 2, 3], "val_mean_dice": [0.1, 0.3, 0.2]}).to_csv(history, index=False)
         content = {"n_forests": 2, "max_epochs": methods_s2d.enhancer_epochs(ov), "target_forest_trees": 3,
-                   "validate_during_training": validated, "train#trainer": SimpleNamespace(state=SimpleNamespace(
-                       epoch=3)),
+                   "validate_during_training": validated, "history_file": history,
+                   "train#trainer": SimpleNamespace(state=SimpleNamespace(epoch=3)),
                    "scribble_data": (None, {"simulated": True, "scribble_images": 1, "scribble_pixels": 5,
                                             "scribble_fg_pixels": 2})}
         return SimpleNamespace(parser=SimpleNamespace(get_parsed_content=content.__getitem__))
