@@ -176,3 +176,14 @@ def test_both_columns_cover_the_seeds_both_have(tmp_path):
     _per_image(tmp_path / "budget" / "buda_rounds" / "per_image.csv", "buda", one[:1] + 0.01)  # 2x: seed 0 only
     row = _row(budget_checks.budget_table(tmp_path), "buda_rounds")
     assert "| 0.500 (1) | 0.510 (1) |" in row
+
+
+def test_a_verdict_on_fewer_than_three_seeds_is_provisional(tmp_path):
+    one = np.random.default_rng(1).uniform(0.3, 0.7, size=(3, 10))
+    _per_image(tmp_path / "v2" / "A1" / "per_image.csv", "buda", one)
+    _per_image(tmp_path / "budget" / "buda_rounds" / "per_image.csv", "buda", one[:1] + 0.1)  # 2x: seed 0 only
+    row = _row(budget_checks.budget_table(tmp_path), "buda_rounds")
+    assert "provisional, 1 of 3 seeds: more helps" in row
+    _per_image(tmp_path / "budget" / "buda_rounds" / "per_image.csv", "buda", one + 0.1)  # all three seeds
+    row = _row(budget_checks.budget_table(tmp_path), "buda_rounds")
+    assert "more helps" in row and "provisional" not in row
