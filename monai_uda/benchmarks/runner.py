@@ -96,11 +96,28 @@ def _evaluate(ctx: MethodContext, out, subdir: str) -> tuple[dict[str, float], p
 
 
 def machine() -> dict[str, Any]:
-    """What produced a row: platform, core count, torch version, intra-op threads and the code (:func:`code_version`)."""
+    """What produced a row: platform, CPU model and the instruction set torch's kernels use, core count, torch,
+    MONAI and NumPy versions, intra-op threads and the code (:func:`code_version`). A training is deterministic per
+    seed and thread count on one machine; the CPU and the library versions say whether two rows could be equal."""
+    import monai
+    import numpy
     import torch
 
     return {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "platform": platform.platform(), "code": code_version()}
+            "monai": monai.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "code": code_version()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says of the processor."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 _CODE: list[str] = []

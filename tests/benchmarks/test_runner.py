@@ -37,6 +37,12 @@ def test_quick_benchmark_writes_csv_table_chart(tmp_path, tiny_demo_2d, monkeypa
     row = csv.iloc[1]
     assert row.wall_seconds == pytest.approx(row.seconds + row.eval_seconds, abs=0.11) and row.cpu_seconds > 0
     assert row.threads >= 1 and row.cores >= 1 and row.torch and row.platform
+    import monai
+    import numpy
+    import torch
+
+    assert row.monai == monai.__version__ and row.numpy == numpy.__version__ and row.cpu
+    assert row.cpu_capability == torch.backends.cpu.get_cpu_capability()
     header = markdown_table(df).splitlines()[0]
     assert "wall_seconds" in header and "| seconds" not in header  # the table's time includes evaluation
     # per-image results beside the table, one row per method, seed and test image, matching the means
