@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from typing import Any, Callable, Iterator
 
 __all__ = ["IGNORE_INDEX", "atomic_write", "atomic_write_text", "atomic_json", "atomic_torch_save", "folder_lock",
-           "FolderLockedError", "user_error", "error_message"]
+           "FolderLockedError", "user_error", "error_message", "file_hash"]
 
 #: label value of unlabelled / ignored pixels in pseudo-labels (every loss and pseudo-labeller uses this one)
 IGNORE_INDEX = 255
@@ -63,6 +64,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     import torch
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def file_hash(path: str | os.PathLike, hash_type: str = "sha256") -> str:
+    """The hex digest of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.new(hash_type)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _umask() -> int:

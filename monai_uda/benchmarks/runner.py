@@ -24,7 +24,7 @@ import pandas as pd
 
 from monai_uda.bundle.stages import model_card_path
 from monai_uda.evaluation.significance import ALPHA, paired_test
-from monai_uda.utils import atomic_write, atomic_write_text, folder_lock
+from monai_uda.utils import atomic_write, atomic_write_text, file_hash, folder_lock
 
 from .methods import METHODS, MethodContext, get_method, load_methods, train_source
 
@@ -212,6 +212,15 @@ def run_benchmark(
                     verbose, source_from)
 
 
+def _source_used(cache: dict[str, str]) -> dict[str, str]:
+    """``source_sha256``: the first 16 hex digits of the source model file a row's method started from (none when it
+    used none). A source model trained again on another machine (other CPU kernels or library versions) differs from
+    the first, so rows of one seed made on two machines can rest on two source models: this column says which."""
+    if not cache.get("used") or not os.path.isfile(cache.get("source", "")):
+        return {}
+    return {"source_sha256": file_hash(cache["source"])[:16]}
+
+
 def source_model_path(out: str, seed: int) -> str:
     """Where a benchmark folder keeps the source model of ``seed``."""
     return os.path.join(out, f"seed{seed}", "source", "model.pt")
@@ -255,6 +264,7 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
         workdir = os.path.join(out, f"seed{seed}")
 
         def source(ctx_=None, _seed=seed, _workdir=workdir):
+            cache["used"] = "yes"  # this method's row records which source model it started from
             finished = source_model_path(out, _seed)
             if "source" not in cache and source_from is not None:
                 cache["source"] = source_model_path(source_from, _seed)
@@ -281,6 +291,7 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
             ctx = MethodContext(datalist, workdir, seed, budget, device, amp, verbose, _source=source,
                                 overrides=overrides.get(method, {}))
             t, cpu = time.time(), _cpu_seconds()
+            cache.pop("used", None)
             res = get_method(method)(ctx)
             seconds = time.time() - t
             if method == "source":
@@ -291,7 +302,7 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
             rows.append({"pair": uda.name, "method": method, "seed": seed, **metrics, "seconds": round(seconds, 1),
                          "eval_seconds": round(eval_seconds, 1), "wall_seconds": round(seconds + eval_seconds, 1),
                          "cpu_seconds": round(_cpu_seconds() - cpu, 1), **machine(), "settings": settings(method),
-                         **res.extra})
+                         **_source_used(cache), **res.extra})
             images.append(per_image.assign(pair=uda.name, method=method, seed=seed))
             if progress:
                 bar.write(f"{uda.name} {method} seed {seed}: Dice {metrics.get('dice', float('nan')):.3f}, "

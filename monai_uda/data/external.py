@@ -18,7 +18,6 @@ manifest has a single domain. This is how cross-dataset pairs (EPFL -> VNC) are 
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import random
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from monai_uda.data.datalist import validate_uda_datalist, write_uda_datalist
+from monai_uda.utils import file_hash
 
 __all__ = [
     "ManifestError",
@@ -403,14 +403,6 @@ def build_datalist(
     return write_uda_datalist(dl, out)
 
 
-def _file_hash(path: Path, hash_type: str) -> str:
-    h = hashlib.new(hash_type)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _how_to_get(manifest: Mapping[str, Any]) -> str:
     where = manifest.get("homepage") or "the dataset's official page (see the manifest's citations)"
     terms = manifest.get("licence", {}).get("terms", "")
@@ -492,7 +484,7 @@ def download(
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial.", dir=root))
     try:
         extractall(archive, output_dir=tmp, hash_val=hash_val, hash_type=hash_type, has_base=False)
-        digest = hash_val.lower() if hash_val else _file_hash(archive, hash_type)
+        digest = hash_val.lower() if hash_val else file_hash(archive, hash_type)
         (tmp / _COMPLETE_MARKER).write_text(
             json.dumps({"url": url, "archive": filename, "hash_type": hash_type, "hash": digest})
         )

@@ -228,3 +228,18 @@ def test_source_from_refuses_a_source_model_whose_training_did_not_finish(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"--source-from .*other: no finished source model .*seed0"):
         run_benchmark(tiny_demo_2d, ["bn"], str(tmp_path / "out"), mode="quick", progress=False, seeds=[0],
                       source_from=str(tmp_path / "other"))
+
+
+def test_rows_record_the_source_model_they_started_from(tmp_path, tiny_demo_2d):
+    """A row whose method starts from the seed's source model records that file's hash (``source_sha256``), so rows
+    of one seed made on two machines (whose retrained source models differ) can be told apart; a method that uses no
+    source model (the oracle) records none."""
+    from monai_uda.benchmarks.runner import source_model_path
+    from monai_uda.utils import file_hash
+
+    df = run_benchmark(tiny_demo_2d, ["source", "oracle", "bn"], str(tmp_path), mode="quick", seeds=[0],
+                       progress=False)
+    sha = df.set_index("method").source_sha256
+    assert sha["source"] == file_hash(source_model_path(str(tmp_path), 0))[:16]
+    assert sha["bn"] == sha["source"]
+    assert pd.isna(sha["oracle"])

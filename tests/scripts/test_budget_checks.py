@@ -73,9 +73,10 @@ def test_run_reuses_the_v2_source_models_and_stages(tmp_path, monkeypatch):
     assert buda[buda.index("--source-from") + 1] == str(repo / "results" / "v2" / "A1")
     assert {"buda:num_rounds=6", "buda:max_epochs=24"} <= set(buda)
     assert (repo / "docs" / "budget" / "buda_rounds" / "per_image.csv").is_file()
-    (repo / "results" / "v2" / "A1" / "seed1" / "source" / "model.card.json").unlink()  # unfinished: trained again
-    budget_checks.run(checks["st_rounds"], "data", repo / "results" / "budget", threads=1)
-    assert "--source-from" not in calls[-1] and "st:num_rounds=6" in calls[-1]
+    (repo / "results" / "v2" / "A1" / "seed1" / "source" / "model.card.json").unlink()  # unfinished: no 2x run
+    with pytest.raises(SystemExit, match=r"st_rounds: no finished source model of seed\(s\) \[1\]"):
+        budget_checks.run(checks["st_rounds"], "data", repo / "results" / "budget", threads=1)
+    assert len(calls) == 2
     with pytest.raises(SystemExit, match="past_translator"):  # a stage the 1x run never made is named
         budget_checks.run(budget_checks.Check("past_translator", "D1", "past", "", "", "", {}, reuse=("x",)),
                           "data", repo / "results" / "budget", threads=1)
@@ -136,9 +137,11 @@ def test_run_for_some_seeds_continues_from_the_committed_rows_and_reuses_finishe
     assert cmd[cmd.index("--seeds") + 1:cmd.index("--out")] == ["1"]
     assert cmd[cmd.index("--source-from") + 1] == str(one)
     assert "--override" in cmd and "past:translation_epochs=24" in cmd
-    budget_checks.run(check, "data", out, threads=2, seeds=(2,))
-    assert "--source-from" not in calls[1]  # no finished source model: the run trains its own
-    assert sorted(set(pd.read_csv(committed / "results.csv").seed)) == [0, 1, 2]
+    assert sorted(set(pd.read_csv(committed / "results.csv").seed)) == [0, 1]
+    # no finished source model: a retrained one would differ from the one the 1x rows used, so no run
+    with pytest.raises(SystemExit, match=r"past_translator: no finished source model of seed\(s\) \[2\] in .*D1"):
+        budget_checks.run(check, "data", out, threads=2, seeds=(2,))
+    assert len(calls) == 1
 
 
 def test_rows_committed_from_another_machine_survive_a_run_in_an_older_local_folder(tmp_path, monkeypatch):
