@@ -125,6 +125,8 @@ made, one job at a time, by
 ```bash
 MONAI_UDA_THREADS=2 bash scripts/full_benchmarks.sh  # every pair and method, seeds 0 1 2, resuming; copies to
                                               # v2/<pair>/ (a pair with rows keeps their thread count: A1, C1 one)
+MONAI_UDA_THREADS=2 bash scripts/benchmark_by_seed.sh D1  # one pair seed by seed, each seed's follow-ups (selection
+                                              # table, early teacher, budget checks) before the next (how D1 runs)
 python scripts/budget_checks.py run           # the diminishing-returns checks (2x budgets) of protocol.md
 python scripts/protocol_tables.py --write     # the tables of protocol.md, v2/README.md and the README
 MONAI_UDA_THREADS=2 bash scripts/fidelity_runs.sh  # extra seeds, the demo pair, early-head/variance analyses
@@ -187,6 +189,17 @@ DEMO = """\
 `monai-uda demo` with its demo budget, on the **simulated** shift (2 min 36 s for its 8 rows on an idle 2-core CPU,
 2026-12-06; the same table in a fresh clone with a new virtual environment, as the repository README says). The
 demo's crops are 64², 8 x 10 iterations: these are smoke-level numbers, not method rankings.
+The `s2d` row is from 2026-12-06 17:16 (fresh clone at 084a199): the Prediction Enhancer config now builds its
+trainer during `initialize` (it attaches early stopping there), so `s2d` moved from 0.471 to 0.510 although the demo
+budget trains it the same way. The cause: MONAI's `DataLoader` with `num_workers=0`, when it is built, draws a seed
+from torch's default generator, sets every random transform of its dataset with it (`set_rnd`) and re-seeds the
+generator. Built during `run` (before), the trainer's loader overrode the `set_random_state(seed=@seed)` that
+`initialize` had applied to the enhancer's augmentation; built during `initialize`, before that line (now), the line
+takes effect. Both are deterministic per seed; the augmentation draws differ. On another machine (2026-12-06 22:40,
+fresh clone at 4c98313: AMD EPYC with AVX512 kernels, torch 2.13.0, MONAI 1.6.1, NumPy 2.4.6) the same command gave
+other numbers (oracle 0.797, early 0.018, buda 0.001, s2d 0.501, past 0.027; source, bn and fda equal): a retrained
+model is deterministic on one machine, not across machines (`protocol.md`). The table below is the earlier
+machine's.
 """
 
 SPEED = """\
