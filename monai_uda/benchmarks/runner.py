@@ -274,6 +274,11 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
                     and ("source", _seed) not in changed):
                 cache["source"] = finished
             if "source" not in cache:
+                kept = sorted(m for m, s in done if s == _seed and m != "oracle")
+                if kept:  # a model trained again on another machine is not the one those rows started from
+                    logger.warning("resuming %s: seed %d's source model is not here, so it is trained again; rows made "
+                                   "now may rest on another source model than its finished rows (%s) if those were "
+                                   "made on another machine (source_sha256 says which)", out, _seed, ", ".join(kept))
                 t = time.time()
                 cache["source"] = train_source(MethodContext(datalist, _workdir, _seed, budget, device, amp, verbose,
                                                              overrides=overrides.get("source", {})))

@@ -243,3 +243,15 @@ def test_rows_record_the_source_model_they_started_from(tmp_path, tiny_demo_2d):
     assert sha["source"] == file_hash(source_model_path(str(tmp_path), 0))[:16]
     assert sha["bn"] == sha["source"]
     assert pd.isna(sha["oracle"])
+
+
+def test_a_resume_that_trains_a_seeds_source_model_again_warns(tmp_path, tiny_demo_2d, caplog):
+    """The seed's source row was made elsewhere and its model is not here: the model is trained again for the methods
+    still to run, and the run says that their rows may rest on another source model than the finished ones."""
+    pd.DataFrame({"pair": ["demo"], "method": ["source"], "seed": [0], "dice": [0.5]}).to_csv(
+        tmp_path / "results.csv", index=False)
+    with caplog.at_level("WARNING"):
+        df = run_benchmark(tiny_demo_2d, ["source", "bn"], str(tmp_path), mode="quick", progress=False, resume=True)
+    assert df.set_index("method").dice["source"] == 0.5 and "source_sha256" in df
+    warned = [r.getMessage() for r in caplog.records if "source model is not here" in r.getMessage()]
+    assert len(warned) == 1 and "seed 0's" in warned[0] and "(source)" in warned[0]
