@@ -14,7 +14,9 @@ Wilcoxon test of the tables (level 0.05).
 The 1x rows are ``docs/benchmarks/v2/<pair>/`` (``scripts/full_benchmarks.sh``) unless a check names its own
 (``Check.one``: a budget the bundle has since left); a 2x run needs that pair's v2 run folder (``results/v2/<pair>``,
 for the source models) on this machine: a source model trained again on another machine differs from the one the
-1x rows used, so a check that needs source models refuses to run without them. Its output is ``results/budget/<name>/``, copied to
+1x rows used, so a check that needs source models refuses to run without them, unless it runs its own 1x rows
+(``Check.own``: ``results/budget/<name>/1x``, copied to ``budget/<name>/*_1x.*``) on source models it trains, the
+2x run starting from the same models. Its output is ``results/budget/<name>/``, copied to
 ``docs/benchmarks/budget/<name>/``. A check that names its 2x rows (``Check.two``) is done: ``run`` skips it (its
 rows were made with settings the bundle has since left, and a new 2x run would not match its 1x rows).
 """
@@ -58,8 +60,13 @@ class Check:
     #: the 2x rows (relative to docs/benchmarks/); default ``budget/<name>/per_image.csv``. A check whose larger
     #: budget the bundle adopted reads it from the pair's v2 rows, and has no run of its own.
     two: str = ""
+    #: the check runs its 1x rows too, on source models it trains itself (``budget/<name>/per_image_1x.csv``): for a
+    #: pair whose v2 source models no machine holds, since a source model trained again elsewhere is another model
+    own: bool = False
 
     def one_path(self, root: Path) -> Path:
+        if self.own and not self.one:
+            return root / "budget" / self.name / "per_image_1x.csv"
         return root / (self.one or f"v2/{self.pair}/per_image.csv")
 
     def two_path(self, root: Path) -> Path:
@@ -109,9 +116,9 @@ CHECKS = [
     Check("past_translator", "D1", "past", "translator iterations", "12 × 20", "n/s (NICE-GAN)",
           {"translation_epochs": 24}),
     # the segmenter's self-training rounds: nnU-Net's own budget is far larger than our 12 x 20 iterations a round.
-    # It needs the D1 v2 run's source models, which no machine holds now: it waits for a rerun of D1's past rows
+    # D1's v2 source models are on no machine now, so it runs its own 1x rows beside the 2x ones, on its own models
     Check("past_rounds", "D1", "past", "self-training iterations a round", "2 rounds of 12 × 20",
-          "K = 2; iterations n/s (nnU-Net)", {"round_max_epochs": 24}),
+          "K = 2; iterations n/s (nnU-Net)", {"round_max_epochs": 24}, own=True),
 ]
 
 
@@ -125,15 +132,21 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
     if check.two:
         print(f"{check.name}: nothing to run (its 2x rows are {check.two})")
         return
-    one = REPO / "results" / "v2" / check.pair
     out = out_root / check.name
+    one = out / "1x" if check.own else REPO / "results" / "v2" / check.pair
     dst = DOCS / "budget" / check.name
-    if (dst / "results.csv").is_file():
-        if not (dst / "per_image.csv").is_file():
-            raise SystemExit(f"{check.name}: {dst / 'per_image.csv'} not found beside {dst / 'results.csv'}")
-        out.mkdir(parents=True, exist_ok=True)
-        for f in ("results.csv", "per_image.csv"):  # the committed rows join this machine's (which win a clash),
-            _merge_rows(dst / f, out / f)          # so rows made on another machine are not lost on copying back
+    _restore(check, dst, out, "")
+    base = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
+            "--methods", check.method, "--seeds", *map(str, seeds)]
+    if check.own:  # the 1x rows on this machine's source models; a seed whose models are not here runs 1x and 2x anew
+        _restore(check, dst, one, "_1x")
+        again = [s for s in seeds if not Path(model_card_path(source_model_path(str(one), s))).is_file()]
+        for folder in (one, out):
+            _forget_seeds(folder, again)
+        cmd = base + ["--out", str(one), "--resume", "--threads", str(threads)]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+        _copy_back(one, dst, "_1x")
     for seed in seeds:  # the 1x run's stages that this check keeps
         for stage in check.reuse:
             kept, copy = one / f"seed{seed}" / stage, out / f"seed{seed}" / stage
@@ -144,9 +157,7 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
                 shutil.rmtree(tmp, ignore_errors=True)
                 shutil.copytree(kept, tmp)
                 os.replace(tmp, copy)
-    cmd = [sys.executable, "-m", "monai_uda", "benchmark", "--pair", check.pair, "--data-root", data_root,
-           "--methods", check.method, "--seeds", *map(str, seeds), "--out", str(out), "--resume",
-           "--threads", str(threads)]
+    cmd = base + ["--out", str(out), "--resume", "--threads", str(threads)]
     if check.needs_source:
         # a source model trained again is deterministic on one machine but not across machines (A1 seed 0's source
         # validation Dice after 25 iterations: 0.397 where the v2 run was made, 0.370 on a later machine), so a 2x run
@@ -160,9 +171,34 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
         cmd += ["--override", f"{check.method}:{k}={_value(v)}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
+    _copy_back(out, dst, "")
+
+
+def _restore(check: Check, dst: Path, local: Path, suffix: str) -> None:
+    """The committed rows (``dst/results{suffix}.csv``, ``per_image{suffix}.csv``) join ``local``'s (which win a
+    clash), so rows made on another machine are not lost on copying back."""
+    if not (dst / f"results{suffix}.csv").is_file():
+        return
+    if not (dst / f"per_image{suffix}.csv").is_file():
+        raise SystemExit(f"{check.name}: {dst / f'per_image{suffix}.csv'} not found beside "
+                         f"{dst / f'results{suffix}.csv'}")
+    local.mkdir(parents=True, exist_ok=True)
+    for f in ("results", "per_image"):
+        _merge_rows(dst / f"{f}{suffix}.csv", local / f"{f}.csv")
+
+
+def _forget_seeds(folder: Path, seeds: list[int]) -> None:
+    """Remove ``seeds``' rows from a run folder, so that ``--resume`` makes them again."""
+    for f in ("results.csv", "per_image.csv"):
+        if seeds and (folder / f).is_file():
+            rows = pd.read_csv(folder / f)
+            atomic_write_text(str(folder / f), rows[~rows.seed.astype(int).isin(seeds)].to_csv(index=False))
+
+
+def _copy_back(local: Path, dst: Path, suffix: str) -> None:
     dst.mkdir(parents=True, exist_ok=True)
-    for f in ("results.csv", "results.md", "per_image.csv"):
-        atomic_write(str(dst / f), lambda tmp, f=f: shutil.copyfile(out / f, tmp))
+    for name, ext in (("results", "csv"), ("results", "md"), ("per_image", "csv")):
+        atomic_write(str(dst / f"{name}{suffix}.{ext}"), lambda tmp, n=f"{name}.{ext}": shutil.copyfile(local / n, tmp))
 
 
 def _merge_rows(committed: Path, local: Path) -> None:

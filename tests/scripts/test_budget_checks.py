@@ -190,3 +190,51 @@ def test_a_verdict_on_fewer_than_three_seeds_is_provisional(tmp_path):
     _per_image(tmp_path / "budget" / "buda_rounds" / "per_image.csv", "buda", one + 0.1)  # all three seeds
     row = _row(budget_checks.budget_table(tmp_path), "buda_rounds")
     assert "more helps" in row and "provisional" not in row
+
+
+def test_a_check_that_runs_its_own_1x_pairs_both_on_one_machines_source_models(tmp_path, monkeypatch):
+    """``own``: the 1x run trains the source models and the 2x run starts from them; a seed whose models are not on
+    this machine (its committed rows were made elsewhere) runs 1x and 2x anew, and both reach the docs."""
+    from monai_uda.benchmarks.runner import source_model_path
+    from monai_uda.bundle.stages import model_card_path
+
+    docs, repo = tmp_path / "docs", tmp_path / "repo"
+    monkeypatch.setattr(budget_checks, "DOCS", docs)
+    monkeypatch.setattr(budget_checks, "REPO", repo)
+    check = budget_checks.Check("past_rounds", "D1", "past", "", "", "", {"round_max_epochs": 24}, own=True)
+    assert check.one_path(docs) == docs / "budget" / "past_rounds" / "per_image_1x.csv"
+    committed = docs / "budget" / "past_rounds"
+    for suffix in ("", "_1x"):  # seed 0, 1x and 2x, made on another machine
+        _per_image(committed / f"per_image{suffix}.csv", "past", np.full((1, 2), 0.5))
+        pd.DataFrame([{"method": "past", "seed": 0, "dice": 0.5}]).to_csv(committed / f"results{suffix}.csv",
+                                                                           index=False)
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        seeds = [int(x) for x in cmd[cmd.index("--seeds") + 1:cmd.index("--out")]]
+        for s in seeds:
+            if "--source-from" not in cmd:  # the 1x run trains the source models
+                model = Path(source_model_path(str(out), s))
+                model.parent.mkdir(parents=True, exist_ok=True)
+                model.touch()
+                Path(model_card_path(str(model))).touch()
+        for f in ("results.csv", "per_image.csv"):
+            rows = pd.read_csv(out / f) if (out / f).is_file() else pd.DataFrame()
+            done = set(rows.seed) if len(rows) else set()
+            new = pd.DataFrame([{"method": "past", "seed": s, "name": "img0", "dice": 0.6} for s in seeds
+                                if s not in done])
+            pd.concat([rows, new], ignore_index=True).to_csv(out / f, index=False)
+        (out / "results.md").write_text("table")
+
+    monkeypatch.setattr(budget_checks.subprocess, "run", fake_run)
+    out = tmp_path / "results"
+    budget_checks.run(check, "data", out, threads=2, seeds=(0,))
+    one, two = calls
+    assert Path(one[one.index("--out") + 1]) == out / "past_rounds" / "1x" and "--override" not in one
+    assert Path(two[two.index("--source-from") + 1]) == out / "past_rounds" / "1x"
+    assert "past:round_max_epochs=24" in two
+    for suffix in ("", "_1x"):  # seed 0's rows from elsewhere were made again here, 1x and 2x alike
+        assert pd.read_csv(committed / f"per_image{suffix}.csv").dice.tolist() == [0.6]
+        assert (committed / f"results{suffix}.md").is_file()
