@@ -140,7 +140,7 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
             "--methods", check.method, "--seeds", *map(str, seeds)]
     if check.own:  # the 1x rows on this machine's source models; a seed whose models are not here runs 1x and 2x anew
         _restore(check, dst, one, "_1x")
-        again = [s for s in seeds if not Path(model_card_path(source_model_path(str(one), s))).is_file()]
+        again = [s for s in seeds if not _has_source(one, s)]
         for folder in (one, out):
             _forget_seeds(folder, again)
         cmd = base + ["--out", str(one), "--resume", "--threads", str(threads)]
@@ -162,7 +162,7 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
         # a source model trained again is deterministic on one machine but not across machines (A1 seed 0's source
         # validation Dice after 25 iterations: 0.397 where the v2 run was made, 0.370 on a later machine), so a 2x run
         # on retrained source models would not be paired with the 1x rows: it needs the v2 run's own models
-        missing = [s for s in seeds if not Path(model_card_path(source_model_path(str(one), s))).is_file()]
+        missing = [s for s in seeds if not _has_source(one, s)]
         if missing:
             raise SystemExit(f"{check.name}: no finished source model of seed(s) {missing} in {one}: the 1x rows "
                              f"used that run's models, and a source model trained again on another machine differs")
@@ -172,6 +172,11 @@ def run(check: Check, data_root: str, out_root: Path, threads: int, seeds: tuple
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
     _copy_back(out, dst, "")
+
+
+def _has_source(folder: Path, seed: int) -> bool:
+    """Whether a benchmark folder holds ``seed``'s finished source model (its card is written when training ends)."""
+    return Path(model_card_path(source_model_path(str(folder), seed))).is_file()
 
 
 def _restore(check: Check, dst: Path, local: Path, suffix: str) -> None:
