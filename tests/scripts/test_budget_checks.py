@@ -98,6 +98,19 @@ def test_a_check_whose_1x_budget_the_bundle_left_reads_its_own_1x_rows(tmp_path)
     assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_val")
 
 
+def test_the_4x_check_of_the_validated_enhancer_reads_the_2x_rows_of_its_first_doubling_as_its_1x(tmp_path):
+    rng = np.random.default_rng(2)
+    v2 = rng.uniform(0.3, 0.5, size=(3, 8))
+    _per_image(tmp_path / "v2" / "A1" / "per_image.csv", "enhancer", v2)
+    _per_image(tmp_path / "budget" / "s2d_enhancer_val" / "per_image.csv", "enhancer", v2 + 0.1)
+    table = budget_checks.budget_table(tmp_path)
+    assert "+0.100" in _row(table, "s2d_enhancer_val")
+    assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_val_4x")
+    _per_image(tmp_path / "budget" / "s2d_enhancer_val_4x" / "per_image.csv", "enhancer", v2 + 0.13)
+    table = budget_checks.budget_table(tmp_path)
+    assert "+0.030" in _row(table, "s2d_enhancer_val_4x")  # against the doubled rule, not the v2 rows (+0.130)
+
+
 def test_run_for_some_seeds_continues_from_the_committed_rows_and_reuses_finished_source_models(tmp_path, monkeypatch):
     from monai_uda.benchmarks.runner import source_model_path
     from monai_uda.bundle.stages import model_card_path
