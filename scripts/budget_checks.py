@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from monai_uda.benchmarks.runner import source_model_path
+from monai_uda.benchmarks.runner import PER_IMAGE_FILES, RESULT_FILES, source_model_path
 from monai_uda.bundle.stages import model_card_path
 from monai_uda.evaluation.significance import paired_test
 from monai_uda.utils import atomic_write, atomic_write_text
@@ -199,8 +199,8 @@ def _restore(check: Check, dst: Path, local: Path, suffix: str) -> None:
 
 
 def _forget_seeds(folder: Path, seeds: list[int]) -> None:
-    """Remove ``seeds``' rows from a run folder, so that ``--resume`` makes them again."""
-    for f in ("results.csv", "per_image.csv"):
+    """Remove ``seeds``' rows from every file of a run folder that ``--resume`` reads, so that it makes them again."""
+    for f in RESULT_FILES + PER_IMAGE_FILES:
         if seeds and (folder / f).is_file():
             rows = pd.read_csv(folder / f)
             atomic_write_text(str(folder / f), rows[~rows.seed.astype(int).isin(seeds)].to_csv(index=False))

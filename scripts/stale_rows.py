@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from monai_uda.benchmarks.methods_s2d import UNRECORDED_ENHANCER_EPOCHS, enhancer_epochs, enhancer_validated
-from monai_uda.benchmarks.runner import PARTIAL_DIR
+from monai_uda.benchmarks.runner import PER_IMAGE_FILES, RESULT_FILES
 from monai_uda.utils import atomic_write_text
 
 #: the rows that depend on the enhancer's budget
@@ -46,8 +46,7 @@ def stale(results: pd.DataFrame, epochs: int, validated: bool = False) -> pd.Dat
 
 #: the files of a benchmark folder that hold finished rows: the tables, and the partial files of a run that stopped
 #: (``--resume`` reads those too, so a row dropped from the tables alone would come back)
-ROW_FILES = ("results.csv", "per_image.csv", f"{PARTIAL_DIR}/results.csv", f"{PARTIAL_DIR}/per_image.csv",
-             "results.partial.csv", "per_image.partial.csv")
+ROW_FILES = tuple(f for both in zip(RESULT_FILES, PER_IMAGE_FILES) for f in both)  # results, per-image, ...
 
 
 #: where dropped rows go (appended), beside the tables: the validator study's selection tables scored the models

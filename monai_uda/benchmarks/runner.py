@@ -229,6 +229,12 @@ def source_model_path(out: str, seed: int) -> str:
 #: rows finished so far by an unfinished run (what ``--resume`` continues from); hidden: not a result
 PARTIAL_DIR = ".partial"
 
+#: the files of a benchmark folder that hold finished rows, in the order ``--resume`` reads them (a later file wins a
+#: clash): the tables, the partial tables of earlier versions, and those of a run that stopped
+RESULT_FILES = ("results.csv", "results.partial.csv", os.path.join(PARTIAL_DIR, "results.csv"))
+#: their per-image results, in the same order
+PER_IMAGE_FILES = ("per_image.csv", "per_image.partial.csv", os.path.join(PARTIAL_DIR, "per_image.csv"))
+
 
 def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progress, resume, overrides,
          verbose, source_from=None) -> pd.DataFrame:
@@ -374,7 +380,7 @@ def _per_image_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _previous_rows(out: str) -> tuple[dict[tuple[str, int], dict[str, Any]], pd.DataFrame | None]:
     """Finished rows of an earlier run in ``out`` (and their per-image results, when they were kept)."""
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for name in ("results.csv", "results.partial.csv", os.path.join(PARTIAL_DIR, "results.csv")):
+    for name in RESULT_FILES:
         p = os.path.join(out, name)
         if os.path.isfile(p):
             for r in pd.read_csv(p, dtype={"code": str}).to_dict("records"):
@@ -382,7 +388,7 @@ def _previous_rows(out: str) -> tuple[dict[tuple[str, int], dict[str, Any]], pd.
                 r.pop("dice_loss", None)
                 rows[(r["method"], int(r["seed"]))] = r
     frames = [pd.read_csv(os.path.join(out, n))
-              for n in ("per_image.csv", "per_image.partial.csv", os.path.join(PARTIAL_DIR, "per_image.csv"))
+              for n in PER_IMAGE_FILES
               if os.path.isfile(os.path.join(out, n))]
     images = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "seed", "name"], keep="last") \
         if frames else None

@@ -251,3 +251,16 @@ def test_a_check_that_runs_its_own_1x_pairs_both_on_one_machines_source_models(t
     for suffix in ("", "_1x"):  # seed 0's rows from elsewhere were made again here, 1x and 2x alike
         assert pd.read_csv(committed / f"per_image{suffix}.csv").dice.tolist() == [0.6]
         assert (committed / f"results{suffix}.md").is_file()
+
+
+def test_forgotten_seeds_leave_every_file_that_resume_reads(tmp_path):
+    """A seed's rows go from the tables and from a stopped run's partial files alike, or ``--resume`` would keep them."""
+    from monai_uda.benchmarks.runner import PARTIAL_DIR, _previous_rows
+
+    for folder in (tmp_path, tmp_path / PARTIAL_DIR):
+        _per_image(folder / "per_image.csv", "past", np.full((2, 2), 0.5))
+        pd.DataFrame([{"method": "past", "seed": s, "dice": 0.5} for s in (0, 1)]).to_csv(folder / "results.csv",
+                                                                                         index=False)
+    budget_checks._forget_seeds(tmp_path, [1])
+    rows, images = _previous_rows(str(tmp_path))
+    assert set(rows) == {("past", 0)} and set(images.seed) == {0}
