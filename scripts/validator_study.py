@@ -54,7 +54,7 @@ def load(root: Path = DOCS) -> dict[str, pd.DataFrame]:
         dice = pd.read_csv(res).groupby(["method", "seed"]).dice.mean()
         old = res.with_name("superseded_results.csv")  # rows rerun since (scripts/stale_rows.py --drop): the
         if old.is_file():                             # selection tables scored the models of the old rows
-            dice = pd.read_csv(old).groupby(["method", "seed"]).dice.mean().combine_first(dice)
+            dice = _first_superseded(pd.read_csv(old)).combine_first(dice)
         rows = []
         for f in files:
             seed = int(re.sub(r"\D", "", f.parent.name))
@@ -63,6 +63,12 @@ def load(root: Path = DOCS) -> dict[str, pd.DataFrame]:
             rows.append(t)
         out[pair] = pd.concat(rows, ignore_index=True)
     return out
+
+
+def _first_superseded(old: pd.DataFrame) -> pd.Series:
+    """The Dice of each (method, seed) as first superseded: ``stale_rows.py --drop`` appends, so a row rerun twice
+    since the selection tables were made has two archived versions, and the tables scored the first one's model."""
+    return old.drop_duplicates(["method", "seed"], keep="first").set_index(["method", "seed"]).dice
 
 
 def _validator_columns(df: pd.DataFrame) -> set[str]:

@@ -105,3 +105,17 @@ def test_a_rule_chosen_on_the_other_pairs_is_scored_on_the_held_out_pair(tmp_pat
     assert rows["B2"][1:6] == ["`im`", "0.0", "30.0", "1", "st"]
     assert rows["A1"][6] == rows["B2"][6] == "20.0"  # the default rule keeps the source model
     assert rows["mean"][3] == "30.0" and rows["mean"][6] == "20.0"
+
+
+def test_a_row_superseded_twice_reads_the_dice_of_its_first_version(tmp_path):
+    """The selection tables scored the model of a row's first version; stale_rows.py --drop appends each rerun's
+    predecessor, so the archive can hold two versions of one (method, seed)."""
+    v2 = tmp_path / "v2" / "A1"
+    v2.mkdir(parents=True)
+    pd.DataFrame([{"method": "source", "seed": 0, "dice": 0.5}, {"method": "s2d", "seed": 0, "dice": 0.9}]).to_csv(
+        v2 / "results.csv", index=False)
+    pd.DataFrame([{"method": "s2d", "seed": 0, "dice": 0.6}, {"method": "s2d", "seed": 0, "dice": 0.7}]).to_csv(
+        v2 / "superseded_results.csv", index=False)
+    _write(tmp_path, 0, {"source": 0.5, "s2d": 0.6}, chosen="s2d")
+    df = validator_study.load(tmp_path)["A1"].set_index("candidate")
+    assert df.loc["s2d", "dice"] == 0.6 and df.loc["source", "dice"] == 0.5
