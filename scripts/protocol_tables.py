@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 from budget_checks import budget_table, mean_std  # this folder: the diminishing-returns checks
 from results_tables import ORDER, PAIRS  # this folder's v1 page: the same pairs and method order
+from stale_rows import stale  # this folder: rows made at a budget the bundle has since left
 
 from monai_uda.benchmarks.plan import PAIR_FAMILIES
 from monai_uda.benchmarks.plan import plan as benchmark_plan
@@ -111,12 +112,26 @@ def _v2(root: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     return out
 
 
+#: the mark of a cell with rows made at a budget the bundle has since left (scripts/stale_rows.py), and its note
+STALE_MARK = "‡"
+STALE_NOTE = (f"{STALE_MARK} made with an earlier Prediction Enhancer rule than `train_enhancer.json`'s (the row's "
+              "`enhancer_epochs` or `enhancer_validated` differ); rerun pending (`scripts/stale_rows.py`).\n")
+
+
+def _stale_methods(df: pd.DataFrame) -> set[str]:
+    from monai_uda.benchmarks.methods_s2d import enhancer_epochs, enhancer_validated
+
+    return set(stale(df, enhancer_epochs({}), enhancer_validated({})).method)
+
+
 def v2_table(root: Path = ROOT) -> str:
-    """Target-test Dice, mean ± std over seeds (seeds run), with the paired test against source."""
+    """Target-test Dice, mean ± std over seeds (seeds run), with the paired test against source; a cell whose rows
+    were made at a budget the bundle has since left carries :data:`STALE_MARK`."""
     data = _v2(root)
     if not data:
         return "No v2 results yet.\n"
     pairs = list(data)
+    old = {pair: _stale_methods(df) for pair, (df, _) in data.items()}
     lines = ["| method | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
     for m in ORDER:
         cells = []
@@ -127,10 +142,10 @@ def v2_table(root: Path = ROOT) -> str:
                 cells.append("—")
                 continue
             mark = "" if m == "source" else " " + paired_test(pi, m)["mark"]
-            cells.append(f"{mean_std(g.dice)} ({len(g)}){mark}")
+            cells.append(f"{mean_std(g.dice)} ({len(g)}){mark}" + (f" {STALE_MARK}" if m in old[pair] else ""))
         if any(c != "—" for c in cells):
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\n{STALE_NOTE}" if any(old.values()) else "")
 
 
 #: rows that are not adaptations (they use no target image): never "the best adaptation"
@@ -169,10 +184,11 @@ def v2_summary(root: Path = ROOT) -> str:
         return "No v2 results yet.\n"
     lines = ["| pair | source | oracle | best adaptation (highest mean of those significantly better than source) | label-free pick "
              "(`selected`) | seeds | methods run |", "|---|---|---|---|---|---|---|"]
+    old = {pair: _stale_methods(df) for pair, (df, _) in data.items()}
     for pair, (df, pi) in data.items():
         def ms(m):
             g = df[df.method == m]
-            return "—" if g.empty else mean_std(g.dice)
+            return "—" if g.empty else mean_std(g.dice) + (f" {STALE_MARK}" if m in old[pair] else "")
         better = [(df[df.method == m].dice.mean(), m) for m in df.method.unique()
                   if m not in ("source", "oracle", *CONTROLS, *PICKS) and paired_test(pi, m)["mark"] == "+"]
         best = max(better) if better else None
@@ -191,7 +207,7 @@ def v2_summary(root: Path = ROOT) -> str:
         ran = [m for m in df.method.unique() if m not in ("source", "oracle", *CONTROLS, *PICKS)]
         lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {pick} | {df.seed.nunique()} | "
                      f"{', '.join(ran) or 'none'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\n{STALE_NOTE}" if any(old.values()) else "")
 
 
 #: cheaper configurations measured against the v2 one: folder under docs/benchmarks/cheaper/ -> (pair, what changed)

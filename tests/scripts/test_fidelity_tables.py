@@ -134,3 +134,16 @@ def test_early_on_d1_reads_the_teacher_and_how_each_refinement_ran(tmp_path):
     assert "early head 0.800" in text and "ran to its cap without meeting the paper's stop rule in seed 1;" in text
     assert "met the rule in seed 0 after epoch 3 at an agreement of 0.60." in text  # not near 0: no aside
     assert "seed 1: 0.00 to 0.70, last 0.03" in text
+
+
+def test_a_method_whose_seeds_split_around_source_gets_the_per_seed_account(tmp_path):
+    d = tmp_path / "v2" / "A1"
+    d.mkdir(parents=True)
+    rows = [{"method": "source", "seed": s, "dice": 0.5} for s in range(3)]
+    rows += [{"method": "s2d_noteacher", "seed": s, "dice": v} for s, v in enumerate((0.6, 0.4, 0.7))]
+    rows += [{"method": "s2d_norect", "seed": s, "dice": 0.6} for s in range(3)]
+    pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
+    text = ft._seed_account(tmp_path, "A1", "s2d_noteacher")
+    assert "seed 0: 0.600 against 0.500, seed 2: 0.700 against 0.500 above source" in text
+    assert "seed 1: 0.400 against 0.500 below it" in text
+    assert ft._seed_account(tmp_path, "A1", "s2d_norect") == ""  # every seed above: no split to report

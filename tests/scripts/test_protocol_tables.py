@@ -49,3 +49,28 @@ def test_v2_summary_names_the_methods_the_paired_test_cannot_tell_from_the_best(
     assert best.startswith(("bn: ", "bn_twin: "))
     tied = best.split("no significant difference from it: ")[1]
     assert ("bn_twin" if best.startswith("bn: ") else "bn") == tied  # st is better than source, but below bn
+
+
+def test_cells_made_at_an_enhancer_rule_the_bundle_has_left_are_marked(tmp_path):
+    from monai_uda.benchmarks.methods_s2d import enhancer_epochs
+
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.3, 0.5, size=(3, 8))
+    now = enhancer_epochs({})  # train_enhancer.json's cap
+    extra = {"enhancer": {"enhancer_epochs": now // 4, "enhancer_validated": True},
+             "s2d": {"enhancer_epochs": now, "enhancer_validated": True}}
+    shift = {"source": 0.0, "oracle": 0.4, "enhancer": 0.2, "s2d": 0.1}
+    rows = [{"method": m, "seed": s, "name": f"i{i}", "dice": base[s, i] + d} for m, d in shift.items()
+            for s in range(3) for i in range(8)]
+    res = [{"method": m, "seed": s, "dice": float(np.mean(base[s] + d)), **extra.get(m, {})}
+           for m, d in shift.items() for s in range(3)]
+    d = tmp_path / "v2" / "A1"
+    d.mkdir(parents=True)
+    pd.DataFrame(res).to_csv(d / "results.csv", index=False)
+    pd.DataFrame(rows).to_csv(d / "per_image.csv", index=False)
+    table = protocol_tables.v2_table(tmp_path)
+    row = {x.split("|")[1].strip(): x for x in table.splitlines() if x.startswith("| ")}
+    assert row["enhancer"].rstrip(" |").endswith(protocol_tables.STALE_MARK)
+    assert protocol_tables.STALE_MARK not in row["s2d"] and protocol_tables.STALE_NOTE in table
+    summary = protocol_tables.v2_summary(tmp_path)
+    assert "enhancer: " in summary and protocol_tables.STALE_MARK in summary.splitlines()[2]
