@@ -183,11 +183,16 @@ REASONS.update({
         "([past_translator](past_translator/README.md), `scripts/past_translator_v2.py`)"),
 })
 
+def _seed_dice(root: Path, pair: str) -> pd.DataFrame:
+    """Target Dice per seed (rows) and method (columns) of ``<root>/v2/<pair>/results.csv``; empty without it."""
+    f = Path(root) / "v2" / pair / "results.csv"
+    return pd.read_csv(f).pivot_table(index="seed", columns="method", values="dice") if f.is_file() else pd.DataFrame()
+
+
 def _seed_account(root: Path, pair: str, method: str) -> str:
     """Where a method's seeds split (some above source, some below), the per-seed Dice against source, read from
     ``<root>/v2/<pair>/results.csv`` when the page is made; "" where no seed falls below source."""
-    f = Path(root) / "v2" / pair / "results.csv"
-    d = pd.read_csv(f).pivot_table(index="seed", columns="method", values="dice") if f.is_file() else pd.DataFrame()
+    d = _seed_dice(root, pair)
     if method not in d or "source" not in d:
         return ""
     m, src = d[method], d["source"]
@@ -204,8 +209,7 @@ def _demo_early(base: str, label: str) -> Callable[[Path], str]:
     Dice are read from ``<root>/v2/demo/results.csv`` when the page is made."""
 
     def reason(root: Path) -> str:
-        d = pd.read_csv(Path(root) / "v2" / "demo" / "results.csv").pivot_table(index="seed", columns="method",
-                                                                                 values="dice")
+        d = _seed_dice(root, "demo")
         e, b = d["early"], d[base]
         below = [s for s in d.index if e[s] < b[s]]
         above = [s for s in d.index if e[s] >= b[s]]

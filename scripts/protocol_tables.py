@@ -118,10 +118,16 @@ STALE_NOTE = (f"{STALE_MARK} made with an earlier Prediction Enhancer rule than 
               "`enhancer_epochs` or `enhancer_validated` differ); rerun pending (`scripts/stale_rows.py`).\n")
 
 
-def _stale_methods(df: pd.DataFrame) -> set[str]:
+def _stale_methods(data: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, set[str]]:
+    """Per pair of :func:`_v2`'s ``data``, the methods with rows made at an enhancer rule the bundle has left."""
     from monai_uda.benchmarks.methods_s2d import enhancer_epochs, enhancer_validated
 
-    return set(stale(df, enhancer_epochs({}), enhancer_validated({})).method)
+    epochs, validated = enhancer_epochs({}), enhancer_validated({})  # train_enhancer.json's, read once
+    return {pair: set(stale(df, epochs, validated).method) for pair, (df, _) in data.items()}
+
+
+def _stale_note(old: dict[str, set[str]]) -> str:
+    return f"\n{STALE_NOTE}" if any(old.values()) else ""
 
 
 def v2_table(root: Path = ROOT) -> str:
@@ -131,7 +137,7 @@ def v2_table(root: Path = ROOT) -> str:
     if not data:
         return "No v2 results yet.\n"
     pairs = list(data)
-    old = {pair: _stale_methods(df) for pair, (df, _) in data.items()}
+    old = _stale_methods(data)
     lines = ["| method | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
     for m in ORDER:
         cells = []
@@ -145,7 +151,7 @@ def v2_table(root: Path = ROOT) -> str:
             cells.append(f"{mean_std(g.dice)} ({len(g)}){mark}" + (f" {STALE_MARK}" if m in old[pair] else ""))
         if any(c != "—" for c in cells):
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n" + (f"\n{STALE_NOTE}" if any(old.values()) else "")
+    return "\n".join(lines) + "\n" + _stale_note(old)
 
 
 #: rows that are not adaptations (they use no target image): never "the best adaptation"
@@ -184,7 +190,7 @@ def v2_summary(root: Path = ROOT) -> str:
         return "No v2 results yet.\n"
     lines = ["| pair | source | oracle | best adaptation (highest mean of those significantly better than source) | label-free pick "
              "(`selected`) | seeds | methods run |", "|---|---|---|---|---|---|---|"]
-    old = {pair: _stale_methods(df) for pair, (df, _) in data.items()}
+    old = _stale_methods(data)
     for pair, (df, pi) in data.items():
         def ms(m):
             g = df[df.method == m]
@@ -207,7 +213,7 @@ def v2_summary(root: Path = ROOT) -> str:
         ran = [m for m in df.method.unique() if m not in ("source", "oracle", *CONTROLS, *PICKS)]
         lines.append(f"| {pair} | {ms('source')} | {ms('oracle')} | {cell} | {pick} | {df.seed.nunique()} | "
                      f"{', '.join(ran) or 'none'} |")
-    return "\n".join(lines) + "\n" + (f"\n{STALE_NOTE}" if any(old.values()) else "")
+    return "\n".join(lines) + "\n" + _stale_note(old)
 
 
 #: cheaper configurations measured against the v2 one: folder under docs/benchmarks/cheaper/ -> (pair, what changed)
