@@ -304,6 +304,31 @@ REASONS[("buda", "B2")] = _b2_buda  # a function of the results root, as in VERS
 REASONS[("early", "D1")] = _d1_early_vs_source
 
 
+def _a1_s2d_teacher(root: Path) -> str:
+    """The pseudo-label net against its teacher, the enhancer, on A1 (``s2d_teacher/A1``: ``scripts/s2d_teacher.py``):
+    Dice on the images it was trained on and on the test images, agreement with the teacher, per-seed Dice."""
+    f = Path(root) / "s2d_teacher" / "A1" / "per_image.csv"
+    if not f.is_file():
+        return ""
+    d = pd.read_csv(f)
+    d = d[d.predictor.isin(["enhancer", "s2d"])]
+    per_seed = d.groupby(["split", "predictor", "seed"])[["dice", "agreement"]].mean()
+    ms = lambda split, who, col="dice": mean_std(per_seed.loc[(split, who)][col])  # noqa: E731
+    t = paired_test(d[d.split == "target_training"].rename(columns={"predictor": "method", "image": "name"}), "s2d",
+                    baseline="enhancer")
+    te = per_seed.loc[("target_test",)]["dice"].unstack("predictor")
+    seeds = ", ".join(f"{s}: {te.enhancer[s]:.3f} / {te.s2d[s]:.3f}" for s in te.index)
+    return (
+        "the net neither copies its teacher nor consistently improves on it. On the unlabelled target_training images "
+        f"it was trained on (their labels read only to score), the net scores {ms('target_training', 's2d')} against "
+        f"the enhancer's {ms('target_training', 'enhancer')} ({describe(t)}), and its masks agree with the "
+        f"enhancer's pseudo-labels at only {ms('target_training', 's2d', 'agreement')} Dice (on target_test "
+        f"{ms('target_test', 's2d', 'agreement')}). On target_test the teacher's Dice varies over seeds and the "
+        f"net's hardly does (seed: enhancer / s2d {seeds}), so the net gains over the weaker teachers and loses "
+        "against the strongest, and the mean difference stays within the noise. Whether a longer net budget with the 4x enhancer moves it is not measured ([s2d_teacher/A1](s2d_teacher/A1/), "
+        "`scripts/s2d_teacher.py`)")
+
+
 #: The measured reason a paper's comparison between two methods comes out unlike the paper on a pair,
 #: (method, baseline, pair) -> free text (markdown), or a function of the results root that returns it; printed under
 #: the comparisons table when the comparison comes out unlike the paper.
@@ -321,6 +346,7 @@ VERSUS_REASONS: dict[tuple[str, str, str], str | Callable[[Path], str]] = {
     ("buda", "mcdropout", "B2"): _b2_buda,
     ("early", "st", "D1"): _d1_early,
     ("early", "cbst", "D1"): _d1_early,
+    ("s2d", "enhancer", "A1"): _a1_s2d_teacher,
 }
 
 #: the verdict of a (method, pair) without rows

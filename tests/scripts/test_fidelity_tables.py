@@ -147,3 +147,25 @@ def test_a_method_whose_seeds_split_around_source_gets_the_per_seed_account(tmp_
     assert "seed 0: 0.600 against 0.500, seed 2: 0.700 against 0.500 above source" in text
     assert "seed 1: 0.400 against 0.500 below it" in text
     assert ft._seed_account(tmp_path, "A1", "s2d_norect") == ""  # every seed above: no split to report
+
+
+def test_s2d_against_its_teacher_on_a1_reads_the_teacher_study(tmp_path):
+    d = tmp_path / "s2d_teacher" / "A1"
+    d.mkdir(parents=True)
+    assert ft._a1_s2d_teacher(tmp_path) == ""  # nothing measured: the page says so
+    rows = []
+    for seed, (teacher, net) in enumerate(((0.7, 0.6), (0.5, 0.6), (0.6, 0.6))):
+        for split, shift in (("target_training", 0.1), ("target_test", 0.0)):
+            for i in range(5):
+                rows.append({"seed": seed, "split": split, "image": f"im{i}", "predictor": "enhancer",
+                             "dice": teacher + shift, "agreement": 1.0})
+                rows.append({"seed": seed, "split": split, "image": f"im{i}", "predictor": "s2d",
+                             "dice": net + shift + 0.01 * i, "agreement": 0.5 + shift})
+                rows.append({"seed": seed, "split": split, "image": f"im{i}", "predictor": "s2d_noteacher",
+                             "dice": 0.0, "agreement": 0.0})  # another net: not part of this account
+    pd.DataFrame(rows).to_csv(d / "per_image.csv", index=False)
+    text = ft._a1_s2d_teacher(tmp_path)
+    assert "the net scores 0.720 ± 0.000 against the enhancer's 0.700 ± 0.082" in text
+    assert "(+0.020 Dice" in text and "15 pairs" in text  # paired over (seed, image) of target_training
+    assert "agree with the enhancer's pseudo-labels at only 0.600 ± 0.000 Dice (on target_test 0.500 ± 0.000)" in text
+    assert "0: 0.700 / 0.620, 1: 0.500 / 0.620, 2: 0.600 / 0.620" in text
