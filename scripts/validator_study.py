@@ -25,6 +25,7 @@ since the selection tables were made, the Dice of the model they scored, from ``
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -55,14 +56,21 @@ def load(root: Path = DOCS) -> dict[str, pd.DataFrame]:
         old = res.with_name("superseded_results.csv")  # rows rerun since (scripts/stale_rows.py --drop): the
         if old.is_file():                             # selection tables scored the models of the old rows
             dice = _first_superseded(pd.read_csv(old)).combine_first(dice)
+        current = pd.read_csv(res).groupby(["method", "seed"]).dice.mean()
         rows = []
         for f in files:
             seed = int(re.sub(r"\D", "", f.parent.name))
             t = pd.read_csv(f).assign(seed=seed)
-            t["dice"] = [dice.get((c, seed), np.nan) for c in t.candidate]
+            rescored = _rescored(f.with_name("selection.json"))  # scored again on the rerun models
+            t["dice"] = [(current if c in rescored else dice).get((c, seed), np.nan) for c in t.candidate]
             rows.append(t)
         out[pair] = pd.concat(rows, ignore_index=True)
     return out
+
+
+def _rescored(record: Path) -> set[str]:
+    """The candidates of a selection table rescored on their rerun models (``scripts/selection_rescore.py``)."""
+    return set(json.loads(record.read_text()).get("rescored", {})) if record.is_file() else set()
 
 
 def _first_superseded(old: pd.DataFrame) -> pd.Series:

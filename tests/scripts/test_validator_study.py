@@ -119,3 +119,9 @@ def test_a_row_superseded_twice_reads_the_dice_of_its_first_version(tmp_path):
     _write(tmp_path, 0, {"source": 0.5, "s2d": 0.6}, chosen="s2d")
     df = validator_study.load(tmp_path)["A1"].set_index("candidate")
     assert df.loc["s2d", "dice"] == 0.6 and df.loc["source", "dice"] == 0.5
+    # once the table's s2d row is scored again on the rerun model (selection_rescore.py), it pairs with today's Dice
+    import json
+
+    (tmp_path / "selection" / "A1" / "seed0" / "selection.json").write_text(json.dumps({"rescored": {"s2d": {}}}))
+    df = validator_study.load(tmp_path)["A1"].set_index("candidate")
+    assert df.loc["s2d", "dice"] == 0.9 and df.loc["source", "dice"] == 0.5

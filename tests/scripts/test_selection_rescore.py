@@ -1,0 +1,57 @@
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import selection_rescore  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("cli_process_state")  # tests/conftest.py
+
+
+def test_a_rescored_candidate_gets_the_scores_it_gets_alone_and_the_pick_follows(
+        tiny_demo_2d, demo_models, no_target_labels, tmp_path, capsys):
+    from monai_uda.cli import main
+
+    out = tmp_path / "sel"
+    # "zero" (every weight zero) is one of the candidates; then its model is replaced by the good one, as a rerun
+    assert main(["select", "--datalist", tiny_demo_2d, "--checkpoints", demo_models["zero"], demo_models["broken"],
+                 "--source", demo_models["broken"], "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = pd.read_csv(out / "selection.csv", index_col="candidate")
+    rerun = tmp_path / "rerun" / "zero.pt"
+    rerun.parent.mkdir()
+    rerun.write_bytes(Path(demo_models["good"]).read_bytes())
+    new = selection_rescore.rescore(out, tiny_demo_2d, {"zero": str(rerun)}, progress=False)
+
+    # the reference: "good" scored by select beside the same source model
+    ref_dir = tmp_path / "ref"
+    assert main(["select", "--datalist", tiny_demo_2d, "--checkpoints", demo_models["good"], demo_models["zero"],
+                 "--source", demo_models["broken"], "--out", str(ref_dir)]) == 0
+    ref = pd.read_csv(ref_dir / "selection.csv", index_col="candidate")
+    for c in ("entropy", "im", "mixval", "foreground_fraction", "component_sizes"):
+        assert new.loc["zero", c] == pytest.approx(ref.loc["good", c], rel=1e-5, abs=1e-7), c
+        assert new.loc["source", c] == before.loc["source", c]  # the other rows are kept as they were
+    assert math.isnan(new.loc["zero", "source_agreement"]) and math.isnan(new.loc["zero", "consensus"])
+    assert new.loc["zero", "chosen"] and not before.loc["zero", "chosen"]  # the better model now wins the rule
+    assert new.loc["zero", "checkpoint"] == str(rerun.resolve())
+    record = json.loads((out / "selection.json").read_text())
+    assert record["chosen"] == "zero" and record["checkpoint"] == str(rerun.resolve())
+    assert record["rescored"]["zero"]["emptied"] == ["source_agreement", "consensus"]
+    assert record["scores"]["zero"]["im"] == pytest.approx(ref.loc["good", "im"], rel=1e-5)
+
+
+def test_an_unknown_candidate_is_refused_naming_the_table(tiny_demo_2d, demo_models, no_target_labels, tmp_path,
+                                                          capsys):
+    from monai_uda.cli import main
+
+    out = tmp_path / "sel"
+    assert main(["select", "--datalist", tiny_demo_2d, "--checkpoints", demo_models["zero"], "--source",
+                 demo_models["broken"], "--out", str(out), "--validators", "im"]) == 0
+    with pytest.raises(SystemExit, match=r"selection.csv: no candidate s2d to rescore \(it has source, zero\)"):
+        selection_rescore.rescore(out, tiny_demo_2d, {"s2d": demo_models["good"]}, progress=False)
+    with pytest.raises(SystemExit, match=r"nowhere/selection.csv not found"):
+        selection_rescore.rescore(tmp_path / "nowhere", tiny_demo_2d, {}, progress=False)
