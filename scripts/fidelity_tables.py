@@ -306,7 +306,8 @@ REASONS[("early", "D1")] = _d1_early_vs_source
 
 def _a1_s2d_teacher(root: Path) -> str:
     """The pseudo-label net against its teacher, the enhancer, on A1 (``s2d_teacher/A1``: ``scripts/s2d_teacher.py``):
-    Dice on the images it was trained on and on the test images, agreement with the teacher, per-seed Dice."""
+    Dice on the images it was trained on and on the test images, agreement with the teacher, per-seed Dice; and the
+    net's budget check on that enhancer (``budget/s2d_net_e4x``) where it has run."""
     f = Path(root) / "s2d_teacher" / "A1" / "per_image.csv"
     if not f.is_file():
         return ""
@@ -318,15 +319,21 @@ def _a1_s2d_teacher(root: Path) -> str:
                     baseline="enhancer")
     te = per_seed.loc[("target_test",)]["dice"].unstack("predictor")
     seeds = ", ".join(f"{s}: {te.enhancer[s]:.3f} / {te.s2d[s]:.3f}" for s in te.index)
+    above = [str(s) for s in te.index if te.s2d[s] > te.enhancer[s]]
+    below = [str(s) for s in te.index if te.s2d[s] < te.enhancer[s]]
+    order = (f"the net is above its teacher in seed(s) {', '.join(above)} and below it in seed(s) {', '.join(below)}"
+             if above and below else f"the net is {'above' if above else 'below'} its teacher in every seed")
+    check = Path(root) / "budget" / "s2d_net_e4x" / "per_image.csv"
+    budget = ("the net's doubled budget on these enhancers is the `s2d_net_e4x` row of [protocol.md](protocol.md)"
+              if check.is_file() else "whether a longer net budget with this enhancer moves it is not measured")
     return (
-        "the net neither copies its teacher nor consistently improves on it. On the unlabelled target_training images "
-        f"it was trained on (their labels read only to score), the net scores {ms('target_training', 's2d')} against "
-        f"the enhancer's {ms('target_training', 'enhancer')} ({describe(t)}), and its masks agree with the "
-        f"enhancer's pseudo-labels at only {ms('target_training', 's2d', 'agreement')} Dice (on target_test "
-        f"{ms('target_test', 's2d', 'agreement')}). On target_test the teacher's Dice varies over seeds and the "
-        f"net's hardly does (seed: enhancer / s2d {seeds}), so the net gains over the weaker teachers and loses "
-        "against the strongest, and the mean difference stays within the noise. Whether a longer net budget with the 4x enhancer moves it is not measured ([s2d_teacher/A1](s2d_teacher/A1/), "
-        "`scripts/s2d_teacher.py`)")
+        "on the unlabelled target_training images it was trained on (their labels read only to score), the net scores "
+        f"{ms('target_training', 's2d')} against the enhancer's {ms('target_training', 'enhancer')} ({describe(t)}), "
+        f"and its masks agree with the enhancer's pseudo-labels at {ms('target_training', 's2d', 'agreement')} Dice "
+        f"(on target_test {ms('target_test', 's2d', 'agreement')}). On target_test (seed: enhancer / s2d {seeds}) "
+        f"{order}, the teacher's Dice spreading over seeds ({mean_std(te.enhancer)}) more than the net's "
+        f"({mean_std(te.s2d)}). So the net is not a copy of its teacher, and its gain over it is not consistent over "
+        f"seeds; {budget} ([s2d_teacher/A1](s2d_teacher/A1/), `scripts/s2d_teacher.py`)")
 
 
 #: The measured reason a paper's comparison between two methods comes out unlike the paper on a pair,

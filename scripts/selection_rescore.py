@@ -5,13 +5,15 @@ rerun later (for example the shallow-to-deep family with a new Prediction Enhanc
 old models' scores, and scoring the seed again needs every candidate model on one machine. The validators that
 score a candidate alone (``im``, ``mixval``, ``entropy``, ``foreground_fraction``, ``component_sizes``: no other
 candidate, no source model) give the same score for a model whichever table it is in, so this script scores only
-the rerun models with them and replaces their rows. The validators that need the source model's predictions
-(``source_agreement``, ``w2_shift``) or the other candidates (``consensus``) become empty for those rows. The rule
-score and the pick are recomputed over the whole table with the table's own rule (the default rule's columns all
-score a candidate alone, so its pick is what ``select`` would give on the new models).
+the rerun models with them (``w2_shift`` too: it reads the candidate's own BatchNorm features) and replaces their
+rows. The validators that need the source model's predictions (``source_agreement``) or the other candidates
+(``consensus``) become empty for those rows. The rule score and the pick are recomputed over the whole table with the
+table's own rule (the default rule's columns all score a candidate alone, so its pick is what ``select`` would give
+on the new models); a table whose rule uses an emptied column is refused.
 
-``selection.json`` records, under ``rescored``, each rescored candidate's checkpoint, date and emptied columns;
-``scripts/validator_study.py`` then pairs those rows with the current Dice rather than the superseded one. No
+``selection.json`` records, under ``rescored``, each rescored candidate's checkpoint (path and SHA-256), date and
+emptied columns; ``scripts/validator_study.py`` then pairs those rows with the current Dice rather than the superseded
+one. A row rerun again after its rescoring must be rescored again. No
 target label is read: the target_training images only, as ``select``.
 
     OMP_NUM_THREADS=1 python scripts/selection_rescore.py docs/benchmarks/selection/A1/seed0 \\
@@ -31,7 +33,7 @@ from typing import Mapping
 import pandas as pd
 import torch
 
-from monai_uda.utils import atomic_write_text
+from monai_uda.utils import atomic_write_text, file_hash
 
 
 def alone(columns: list[str]) -> tuple[list[str], list[str]]:
@@ -84,13 +86,17 @@ def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], labe
         df.loc[name, solo + list(TIMING_COLUMNS)] = scores.loc[name, solo + list(TIMING_COLUMNS)]
         df.loc[name, emptied] = math.nan
     rule = record.get("rule", "default")
+    clash = sorted(set(record.get("rule_columns", [])) & set(emptied))
+    if clash:
+        raise SystemExit(f"{rec_file}: its rule uses {', '.join(clash)}, which a candidate scored alone cannot have: "
+                         "score the seed again with `monai-uda select`")
     choice, reason = select(df, rule)
     paths = table["checkpoint"].to_dict() if "checkpoint" in table else {}
     paths.update({n: os.path.abspath(p) for n, p in checkpoints.items()})
     new = selection_table(df, choice, rule, paths)
     when = datetime.datetime.now().isoformat(timespec="seconds")
     rescored = dict(record.get("rescored", {}))
-    rescored.update({n: {"checkpoint": os.path.abspath(p), "date": when, "emptied": emptied,
+    rescored.update({n: {"checkpoint": os.path.abspath(p), "sha256": file_hash(p), "date": when, "emptied": emptied,
                          "why": "rescored alone after its benchmark row was rerun: the validators that need the "
                                 "source model or the other candidates are empty"} for n, p in checkpoints.items()})
     facts = {k: v for k, v in record.items()

@@ -14,7 +14,7 @@ inputs and order the work:
 - ``"image_pairs"``: mixes two target images, so it needs at least two.
 
 This module imports nothing of the package, so a method package can register its own validators
-(``@register_validator("w2_shift", needs={"network", "source"})``) without a cycle.
+(``@register_validator("w2_shift", needs={"network"})``) without a cycle.
 """
 
 from __future__ import annotations

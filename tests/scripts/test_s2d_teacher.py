@@ -79,6 +79,14 @@ def test_rows_score_teacher_and_nets_on_both_splits_and_agreement_is_against_the
     got = fg.set_index(["split", "image"]).agreement
     assert np.allclose(got.loc[expect.index], expect, atol=1e-6)
     assert (teacher.agreement == 1.0).all()
+    # and Dice is against the true label: an all-foreground net scores 2|Y| / (|Y| + N)
+    import nibabel as nib
+
+    truth = {Path(it["image"]).name: nib.load(it["label"]).get_fdata() > 0
+             for key in ("oracle_training", "target_test") for it in UDAData(str(dl)).split(key)}
+    for (split, image), dice in fg.set_index(["split", "image"]).dice.items():
+        y = truth[image]
+        assert dice == pytest.approx(2 * y.sum() / (y.sum() + y.size), rel=1e-6), (split, image)
     s = s2d_teacher.summary(rows)
     assert set(s.columns) >= {"seed", "split", "predictor", "dice", "agreement"} and len(s) == 6
 
