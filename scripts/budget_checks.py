@@ -109,7 +109,8 @@ CHECKS = [
     # learning-rate patience too: on A1 seed 0 the noisy validation Dice cut the rate twice by epoch 17)
     Check("s2d_enhancer_val", "A1", "enhancer", "Prediction Enhancer: cap, early-stopping and learning-rate patience",
           "best source_validation epoch; patience 10 (lr: 4), cap 100 × 20 (before)", "n/s (lr 2e-4, plateau schedule)",
-          {"max_epochs": 200, "early_stop_patience": 20, "lr_patience": 8}, needs_source=False),
+          {"max_epochs": 200, "early_stop_patience": 20, "lr_patience": 8}, needs_source=False,
+          one="budget/s2d_enhancer_val/per_image_1x.csv"),  # the v2 rows of that rule, since rerun at 4x
     # that doubling helped (+0.016), so before the bundle adopts it, the doubled rule is doubled again: 4x against the
     # 2x rows of s2d_enhancer_val (its "1x" column here)
     Check("s2d_enhancer_val_4x", "A1", "enhancer", "Prediction Enhancer: cap and both patiences doubled again",

@@ -115,15 +115,29 @@ def _v2(root: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
 #: the mark of a cell with rows made at a budget the bundle has since left (scripts/stale_rows.py), and its note
 STALE_MARK = "‡"
 STALE_NOTE = (f"{STALE_MARK} made with an earlier Prediction Enhancer rule than `train_enhancer.json`'s (the row's "
-              "`enhancer_epochs` or `enhancer_validated` differ); rerun pending (`scripts/stale_rows.py`).\n")
+              "`enhancer_epochs` or `enhancer_validated` differ); rerun pending (`scripts/stale_rows.py`). On "
+              "`selected`: a seed's pick is such a model, or a model whose row has been rerun since (the pick is not "
+              "rerun: that needs every candidate of its time).\n")
 
 
 def _stale_methods(data: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, set[str]]:
-    """Per pair of :func:`_v2`'s ``data``, the methods with rows made at an enhancer rule the bundle has left."""
+    """Per pair of :func:`_v2`'s ``data``, the methods with rows made at an enhancer rule the bundle has left, and
+    ``selected`` where a seed's pick is one of those or a model whose row has been rerun since the pick (its Dice is
+    no longer the picked method's row of that seed)."""
     from monai_uda.benchmarks.methods_s2d import enhancer_epochs, enhancer_validated
 
     epochs, validated = enhancer_epochs({}), enhancer_validated({})  # train_enhancer.json's, read once
-    return {pair: set(stale(df, epochs, validated).method) for pair, (df, _) in data.items()}
+    out = {}
+    for pair, (df, _) in data.items():
+        old = set(stale(df, epochs, validated).method)
+        dice = df.groupby(["method", "seed"]).dice.mean()
+        for _, r in df[df.method == "selected"].iterrows():
+            m = str(r.get("selected_method", ""))
+            now = dice.get((m, r.seed), float("nan"))
+            if m in old or not abs(now - r.dice) <= 1e-9:
+                old.add("selected")
+        out[pair] = old
+    return out
 
 
 def _stale_note(old: dict[str, set[str]]) -> str:

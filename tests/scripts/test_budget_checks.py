@@ -94,14 +94,17 @@ def test_a_check_whose_1x_budget_the_bundle_left_reads_its_own_1x_rows(tmp_path)
     table = budget_checks.budget_table(tmp_path)
     assert "+0.200" in _row(table, "s2d_enhancer") and "more helps" in _row(table, "s2d_enhancer")
     assert "+0.100" in _row(table, "s2d_enhancer_48")  # its own 1x rows, not the v2 rows (+0.200 away)
-    # the validated enhancer's check compares against the v2 rows, and has no 2x rows yet
-    assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_val")
+    # the validated enhancer's first check keeps its own 1x rows too (the v2 rows are at the 4x rule now)
+    assert "not measured (1x and 2x not run yet)" in _row(table, "s2d_enhancer_val")
+    _per_image(tmp_path / "budget" / "s2d_enhancer_val" / "per_image_1x.csv", "enhancer", old + 0.05)
+    assert "not measured (2x not run yet)" in _row(budget_checks.budget_table(tmp_path), "s2d_enhancer_val")
 
 
 def test_the_4x_check_of_the_validated_enhancer_reads_the_2x_rows_of_its_first_doubling_as_its_1x(tmp_path):
     rng = np.random.default_rng(2)
     v2 = rng.uniform(0.3, 0.5, size=(3, 8))
-    _per_image(tmp_path / "v2" / "A1" / "per_image.csv", "enhancer", v2)
+    _per_image(tmp_path / "v2" / "A1" / "per_image.csv", "enhancer", v2 + 0.5)  # the bundle's rule now: not read
+    _per_image(tmp_path / "budget" / "s2d_enhancer_val" / "per_image_1x.csv", "enhancer", v2)
     _per_image(tmp_path / "budget" / "s2d_enhancer_val" / "per_image.csv", "enhancer", v2 + 0.1)
     table = budget_checks.budget_table(tmp_path)
     assert "+0.100" in _row(table, "s2d_enhancer_val")

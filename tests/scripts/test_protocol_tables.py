@@ -74,3 +74,30 @@ def test_cells_made_at_an_enhancer_rule_the_bundle_has_left_are_marked(tmp_path)
     assert protocol_tables.STALE_MARK not in row["s2d"] and protocol_tables.STALE_NOTE in table
     summary = protocol_tables.v2_summary(tmp_path)
     assert "enhancer: " in summary and protocol_tables.STALE_MARK in summary.splitlines()[2]
+
+
+def test_a_pick_whose_model_was_rerun_since_is_marked(tmp_path):
+    from monai_uda.benchmarks.methods_s2d import enhancer_epochs
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.3, 0.5, size=(3, 8))
+    shift = {"source": 0.0, "oracle": 0.4, "s2d": 0.1}
+    rows = [{"method": m, "seed": s, "name": f"i{i}", "dice": base[s, i] + d} for m, d in shift.items()
+            for s in range(3) for i in range(8)]
+    now = {"enhancer_epochs": enhancer_epochs({}), "enhancer_validated": True}  # s2d made at today's enhancer rule
+    res = [{"method": m, "seed": s, "dice": float(np.mean(base[s] + d)), **(now if m == "s2d" else {})}
+           for m, d in shift.items() for s in range(3)]
+    d = tmp_path / "v2" / "A1"
+    d.mkdir(parents=True)
+
+    def write(picked_dice):  # seed 1 picked s2d; its selected row holds the Dice of the model it picked
+        sel = [{"method": "selected", "seed": s, "dice": float(np.mean(base[s])), "selected_method": "source"}
+               for s in (0, 2)] + [{"method": "selected", "seed": 1, "dice": picked_dice, "selected_method": "s2d"}]
+        pd.DataFrame(res + sel).to_csv(d / "results.csv", index=False)
+        pd.DataFrame(rows).to_csv(d / "per_image.csv", index=False)
+        return next(x for x in protocol_tables.v2_summary(tmp_path).splitlines() if x.startswith("| A1 |"))
+
+    same = float(np.mean(base[1] + 0.1))
+    assert protocol_tables.STALE_MARK not in write(same)  # the pick is today's s2d row
+    pick = [c.strip() for c in write(same - 0.05).strip("|").split("|")][4]  # s2d of seed 1 rerun since the pick
+    assert protocol_tables.STALE_MARK in pick and "(source, s2d, source)" in pick
