@@ -101,3 +101,20 @@ def test_a_pick_whose_model_was_rerun_since_is_marked(tmp_path):
     assert protocol_tables.STALE_MARK not in write(same)  # the pick is today's s2d row
     pick = [c.strip() for c in write(same - 0.05).strip("|").split("|")][4]  # s2d of seed 1 rerun since the pick
     assert protocol_tables.STALE_MARK in pick and "(source, s2d, source)" in pick
+
+
+def test_the_shared_shallow_to_deep_stage_counts_once_per_seed_in_the_enhancer_row():
+    # seed 0: rf built the stage (100 s of enhancer training + 10 s of forests inside its 115 s); seed 1: every row
+    # reused a stage built elsewhere (the enhancer row's 5 s do not include it)
+    df = pd.DataFrame([
+        {"method": "rf", "seed": 0, "wall_seconds": 115.0, "enhancer_train_s": 100.0, "source_forests_s": 10.0},
+        {"method": "enhancer", "seed": 0, "wall_seconds": 6.0, "enhancer_train_s": 100.0, "source_forests_s": 10.0},
+        {"method": "s2d", "seed": 0, "wall_seconds": 50.0, "enhancer_train_s": 100.0, "source_forests_s": 10.0},
+        {"method": "enhancer", "seed": 1, "wall_seconds": 5.0, "enhancer_train_s": 200.0, "source_forests_s": 10.0},
+        {"method": "s2d", "seed": 1, "wall_seconds": 60.0, "enhancer_train_s": 200.0, "source_forests_s": 10.0},
+        {"method": "bn", "seed": 0, "wall_seconds": 9.0},
+    ])
+    out = protocol_tables._shared_stage_once(df).set_index(["method", "seed"]).wall_seconds
+    assert out[("rf", 0)] == 5.0 and out[("enhancer", 0)] == 116.0 and out[("s2d", 0)] == 50.0
+    assert out[("enhancer", 1)] == 215.0 and out[("s2d", 1)] == 60.0 and out[("bn", 0)] == 9.0
+    assert df.wall_seconds.sum() + 200.0 + 10.0 == out.sum()  # seed 1's stage added once, seed 0's kept once
