@@ -307,7 +307,7 @@ REASONS[("early", "D1")] = _d1_early_vs_source
 def _a1_s2d_teacher(root: Path) -> str:
     """The pseudo-label net against its teacher, the enhancer, on A1 (``s2d_teacher/A1``: ``scripts/s2d_teacher.py``):
     Dice on the images it was trained on and on the test images, agreement with the teacher, per-seed Dice; and the
-    net's budget check on that enhancer (``budget/s2d_net_e4x``) where it has run."""
+    net's budget check on that enhancer (``budget/s2d_net_e8x``) where it has run."""
     f = Path(root) / "s2d_teacher" / "A1" / "per_image.csv"
     if not f.is_file():
         return ""
@@ -323,8 +323,8 @@ def _a1_s2d_teacher(root: Path) -> str:
     below = [str(s) for s in te.index if te.s2d[s] < te.enhancer[s]]
     order = (f"the net is above its teacher in seed(s) {', '.join(above)} and below it in seed(s) {', '.join(below)}"
              if above and below else f"the net is {'above' if above else 'below'} its teacher in every seed")
-    check = Path(root) / "budget" / "s2d_net_e4x" / "per_image.csv"
-    budget = ("the net's doubled budget on these enhancers is the `s2d_net_e4x` row of [protocol.md](protocol.md)"
+    check = Path(root) / "budget" / "s2d_net_e8x" / "per_image.csv"
+    budget = ("the net's doubled budget on these enhancers is the `s2d_net_e8x` row of [protocol.md](protocol.md)"
               if check.is_file() else "whether a longer net budget with this enhancer moves it is not measured")
     return (
         "on the unlabelled target_training images it was trained on (their labels read only to score), the net scores "

@@ -115,7 +115,10 @@ def test_the_4x_check_of_the_validated_enhancer_reads_the_2x_rows_of_its_first_d
     assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_val_8x")
     _per_image(tmp_path / "budget" / "s2d_enhancer_val_8x" / "per_image.csv", "enhancer", v2 + 0.12)
     table = budget_checks.budget_table(tmp_path)
-    assert "-0.010" in _row(table, "s2d_enhancer_val_8x")  # against the 4x rows, the bundle's rule
+    assert "-0.010" in _row(table, "s2d_enhancer_val_8x")  # against the 4x rows
+    assert "not measured (2x not run yet)" in _row(table, "s2d_enhancer_val_16x")
+    _per_image(tmp_path / "budget" / "s2d_enhancer_val_16x" / "per_image.csv", "enhancer", v2 + 0.15)
+    assert "+0.030" in _row(budget_checks.budget_table(tmp_path), "s2d_enhancer_val_16x")  # against the 8x rows
 
 
 def test_run_for_some_seeds_continues_from_the_committed_rows_and_reuses_finished_source_models(tmp_path, monkeypatch):

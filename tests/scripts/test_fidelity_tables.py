@@ -171,6 +171,6 @@ def test_s2d_against_its_teacher_on_a1_reads_the_teacher_study(tmp_path):
     assert "0: 0.700 / 0.620, 1: 0.500 / 0.620, 2: 0.600 / 0.620" in text
     assert "above its teacher in seed(s) 1, 2 and below it in seed(s) 0" in text
     assert "longer net budget with this enhancer moves it is not measured" in text
-    (tmp_path / "budget" / "s2d_net_e4x").mkdir(parents=True)
-    (tmp_path / "budget" / "s2d_net_e4x" / "per_image.csv").write_text("x")
-    assert "`s2d_net_e4x` row of [protocol.md]" in ft._a1_s2d_teacher(tmp_path)
+    (tmp_path / "budget" / "s2d_net_e8x").mkdir(parents=True)
+    (tmp_path / "budget" / "s2d_net_e8x" / "per_image.csv").write_text("x")
+    assert "`s2d_net_e8x` row of [protocol.md]" in ft._a1_s2d_teacher(tmp_path)
