@@ -323,6 +323,8 @@ def _a1_s2d_teacher(root: Path) -> str:
     below = [str(s) for s in te.index if te.s2d[s] < te.enhancer[s]]
     order = (f"the net is above its teacher in seed(s) {', '.join(above)} and below it in seed(s) {', '.join(below)}"
              if above and below else f"the net is {'above' if above else 'below'} its teacher in every seed")
+    verdict = ("its gain over it is not consistent over seeds" if above and below else
+               "it does not improve on it" if below else "it is above it in every seed")
     check = Path(root) / "budget" / "s2d_net_e8x" / "per_image.csv"
     budget = ("the net's doubled budget on these enhancers is the `s2d_net_e8x` row of [protocol.md](protocol.md)"
               if check.is_file() else "whether a longer net budget with this enhancer moves it is not measured")
@@ -332,8 +334,8 @@ def _a1_s2d_teacher(root: Path) -> str:
         f"and its masks agree with the enhancer's pseudo-labels at {ms('target_training', 's2d', 'agreement')} Dice "
         f"(on target_test {ms('target_test', 's2d', 'agreement')}). On target_test (seed: enhancer / s2d {seeds}) "
         f"{order}, the teacher's Dice spreading over seeds ({mean_std(te.enhancer)}) more than the net's "
-        f"({mean_std(te.s2d)}). So the net is not a copy of its teacher, and its gain over it is not consistent over "
-        f"seeds; {budget} ([s2d_teacher/A1](s2d_teacher/A1/), `scripts/s2d_teacher.py`)")
+        f"({mean_std(te.s2d)}). So the net is not a copy of its teacher, and {verdict}; {budget} "
+        "([s2d_teacher/A1](s2d_teacher/A1/), `scripts/s2d_teacher.py`)")
 
 
 #: The measured reason a paper's comparison between two methods comes out unlike the paper on a pair,

@@ -170,6 +170,7 @@ def test_s2d_against_its_teacher_on_a1_reads_the_teacher_study(tmp_path):
     assert "agree with the enhancer's pseudo-labels at 0.600 ± 0.000 Dice (on target_test 0.500 ± 0.000)" in text
     assert "0: 0.700 / 0.620, 1: 0.500 / 0.620, 2: 0.600 / 0.620" in text
     assert "above its teacher in seed(s) 1, 2 and below it in seed(s) 0" in text
+    assert "its gain over it is not consistent over seeds" in text
     assert "longer net budget with this enhancer moves it is not measured" in text
     (tmp_path / "budget" / "s2d_net_e8x").mkdir(parents=True)
     (tmp_path / "budget" / "s2d_net_e8x" / "per_image.csv").write_text("x")
