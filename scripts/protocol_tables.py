@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 from budget_checks import budget_table, mean_std  # this folder: the diminishing-returns checks
 from results_tables import ORDER, PAIRS  # this folder's v1 page: the same pairs and method order
-from stale_rows import stale  # this folder: rows made at a budget the bundle has since left
+from stale_rows import S2D_FAMILY, stale  # this folder: rows made at a budget the bundle has since left
 
 from monai_uda.benchmarks.plan import PAIR_FAMILIES
 from monai_uda.benchmarks.plan import plan as benchmark_plan
@@ -289,7 +289,7 @@ def cost_table(root: Path = ROOT, seeds: int = 3) -> str:
     data = _v2(root)
     v2 = {p: _shared_stage_once(r) for p, (r, _) in data.items()}
     v1 = {p: pd.read_csv(root / p / "results.csv") for p in PAIRS if (root / p / "results.csv").is_file()}
-    old = _stale_methods(data)
+    marked = {p for p, methods in _stale_methods(data).items() if methods - {"selected"}}  # stale method rows
 
     def sec(df, m, col):
         g = df[df.method == m] if df is not None else pd.DataFrame()
@@ -331,20 +331,20 @@ def cost_table(root: Path = ROOT, seeds: int = 3) -> str:
                 continue
             n_est += 1
         total_m, total_e = total_m + meas, total_e + est
-        mark = f" {STALE_MARK}" if old.get(p, set()) - {"selected"} else ""
+        mark = f" {STALE_MARK}" if p in marked else ""
         lines.append(f"| {p}{mark} | {n_meas} methods ({meas / 3600:.1f} h) | {n_est} methods ({est / 3600:.1f} h) | "
                      f"{', '.join(missing) or '—'} |")
     lines.append(f"| all | {total_m / 3600:.1f} h | {total_e / 3600:.1f} h | total {(total_m + total_e) / 3600:.1f} h "
                  f"on one thread |")
     note = ""
-    if any(v - {"selected"} for v in old.values()):
+    if marked:
         note = (f"\n{STALE_MARK} its shallow-to-deep rows were made with an earlier Prediction Enhancer rule, so their "
                 "hours count that rule's shorter enhancer training.\n")
     return "\n".join(lines) + "\n" + note
 
 
 #: the benchmark rows that share a seed's source forests and Prediction Enhancer (``seed<k>/s2d_common``)
-SHARED_STAGE = ("rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect")
+SHARED_STAGE = ("rf", *S2D_FAMILY)
 
 
 def _shared_stage_once(df: pd.DataFrame) -> pd.DataFrame:

@@ -70,9 +70,13 @@ def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], labe
     unknown = sorted(set(checkpoints) - set(table.index))
     if unknown:
         raise SystemExit(f"{csv}: no candidate {', '.join(unknown)} to rescore (it has {', '.join(table.index)})")
-    bookkeeping = {*TIMING_COLUMNS, "rule_score", "chosen", "checkpoint"}
-    validators = [c for c in table.columns if c not in bookkeeping]
+    recomputed = ("rule_score", "chosen", "checkpoint")  # selection_table writes them again
+    validators = [c for c in table.columns if c not in (*TIMING_COLUMNS, *recomputed)]
     solo, emptied = alone(validators)
+    clash = sorted(set(record.get("rule_columns", [])) & set(emptied))
+    if clash:  # before any model is loaded or scored
+        raise SystemExit(f"{rec_file}: its rule uses {', '.join(clash)}, which a candidate scored alone cannot have: "
+                         "score the seed again with `monai-uda select`")
     uda = as_uda(datalist)
     networks = {n: load_weights(UDAUNet(uda.spatial_dims, uda.in_channels, uda.num_classes), p)
                 for n, p in checkpoints.items()}
@@ -81,15 +85,11 @@ def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], labe
     scores = score_candidates(networks, images, validators=solo,
                               inferer=default_inferer(uda.spatial_dims, roi_size), progress=progress,
                               source_statistics=source_statistics(uda, label_limit) if needs_stats else None)
-    df = table.drop(columns=[c for c in ("rule_score", "chosen", "checkpoint") if c in table])
+    df = table.drop(columns=[c for c in recomputed if c in table])
     for name in checkpoints:
         df.loc[name, solo + list(TIMING_COLUMNS)] = scores.loc[name, solo + list(TIMING_COLUMNS)]
         df.loc[name, emptied] = math.nan
     rule = record.get("rule", "default")
-    clash = sorted(set(record.get("rule_columns", [])) & set(emptied))
-    if clash:
-        raise SystemExit(f"{rec_file}: its rule uses {', '.join(clash)}, which a candidate scored alone cannot have: "
-                         "score the seed again with `monai-uda select`")
     choice, reason = select(df, rule)
     paths = table["checkpoint"].to_dict() if "checkpoint" in table else {}
     paths.update({n: os.path.abspath(p) for n, p in checkpoints.items()})

@@ -52,11 +52,10 @@ def load(root: Path = DOCS) -> dict[str, pd.DataFrame]:
         res = root / "v2" / pair / "results.csv"
         if not files or not res.is_file():
             continue
-        dice = pd.read_csv(res).groupby(["method", "seed"]).dice.mean()
+        current = dice = pd.read_csv(res).groupby(["method", "seed"]).dice.mean()
         old = res.with_name("superseded_results.csv")  # rows rerun since (scripts/stale_rows.py --drop): the
         if old.is_file():                             # selection tables scored the models of the old rows
-            dice = _first_superseded(pd.read_csv(old)).combine_first(dice)
-        current = pd.read_csv(res).groupby(["method", "seed"]).dice.mean()
+            dice = _first_superseded(pd.read_csv(old)).combine_first(current)
         rows = []
         for f in files:
             seed = int(re.sub(r"\D", "", f.parent.name))
