@@ -54,6 +54,9 @@ class MethodContext:
     _source: Callable[[], str] | None = None
     #: the user's config overrides for this method's bundle runs (applied last, over the budget)
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: every method's overrides of this benchmark run (``--override METHOD:KEY=VALUE``), for a stage that several
+    #: methods share and that takes its settings from the methods it belongs to; empty outside a benchmark run
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def uda(self):

@@ -13,6 +13,9 @@ never seen by any network). The scribble budget is reported in every row (``scri
   :class:`~monai_uda.methods.shallow2deep.workflow.ForestEnhancerNet` (raw image -> features -> forest ->
   enhancer -> two-channel log-probabilities) and a whole-image ``SimpleInferer`` (features need the
   whole image), so no runner change is needed.
+- Overrides: the shared stage is built with those given to ``rf`` and ``enhancer`` (``--override enhancer:max_epochs=800``),
+  whichever row asks for it first; a pseudo-label net's (``--override s2d:max_epochs=24``) reach only its own net, though
+  ``train_enhancer.json`` has keys of the same names.
 - ``s2d``: the pseudo-label network (consistency + rectification); ``s2d_noteacher``: without the
   mean-teacher consistency term; ``s2d_norect``: without label rectification (Table 7). Plain ``UDAUNet``
   checkpoints.
@@ -25,6 +28,7 @@ map it learned on); the cut budgets of the quick and demo modes scale the source
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -38,6 +42,8 @@ __all__ = ["shallow2deep_common", "s2d_sizes", "rf", "enhancer", "s2d", "s2d_not
 BUNDLE = "shallow2deep_segmentation"
 #: the enhancer's epochs in the rows and ``s2d_common`` folders made before they recorded them
 UNRECORDED_ENHANCER_EPOCHS = 24
+#: the methods whose rows are the shared stage's own output: their overrides build it (:func:`_stage_context`)
+STAGE_OWNERS = ("rf", "enhancer")
 _UNET = {"_target_": "monai_uda.networks.UDAUNet", "in_channels": 1, "out_channels": 2}
 
 
@@ -88,11 +94,26 @@ def enhancer_validated(ov: dict) -> bool:
     return bool(_enhancer_setting(ov, "validate_during_training"))
 
 
+def _stage_context(ctx: MethodContext) -> MethodContext:
+    """``ctx`` with the overrides the shared stage is built with: those given to its own rows, ``rf`` and ``enhancer``
+    (the enhancer's win), never a pseudo-label net's: ``--override s2d:max_epochs=24`` is the net's budget, and the
+    enhancer of ``train_enhancer.json`` reads the same key. A context made outside a benchmark run (no
+    ``method_overrides``) keeps its own."""
+    if not ctx.method_overrides:
+        return ctx
+    ov: dict = {}
+    for name in STAGE_OWNERS:
+        ov.update(ctx.method_overrides.get(name, {}))
+    return dataclasses.replace(ctx, overrides=ov)
+
+
 def shallow2deep_common(ctx: MethodContext) -> dict:
     """Source forests, enhancer and target forest of this seed (built once, then reused while the enhancer's budget
-    stays the same: a folder built at another ``max_epochs`` is built again); returns the facts."""
+    stays the same: a folder built at another ``max_epochs`` is built again); returns the facts. The stage takes the
+    overrides of ``rf`` and ``enhancer`` (:func:`_stage_context`), whichever method asks for it."""
     from monai_uda.bundle import run_bundle
 
+    ctx = _stage_context(ctx)
     d = os.path.join(ctx.workdir, "s2d_common")
     facts_file = os.path.join(d, "facts.json")
     ov = _overrides(ctx, "s2d_common")

@@ -300,7 +300,7 @@ def _run(uda, datalist, methods, out, mode, seeds, device, amp, roi_size, progre
                 bar.update(1)
                 continue
             ctx = MethodContext(datalist, workdir, seed, budget, device, amp, verbose, _source=source,
-                                overrides=overrides.get(method, {}))
+                                overrides=overrides.get(method, {}), method_overrides=overrides)
             t, cpu = time.time(), _cpu_seconds()
             cache.pop("used", None)
             res = get_method(method)(ctx)

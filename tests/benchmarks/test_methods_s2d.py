@@ -85,3 +85,44 @@ def test_the_shared_forests_and_enhancer_are_built_again_at_another_enhancer_bud
                                                  validate_during_training=False))
     assert len(calls) == 9 and facts["enhancer_validated"] is False  # without validation: built again
     assert "enhancer_best_epoch" not in facts
+
+
+def test_a_pseudo_label_nets_override_does_not_reach_the_shared_enhancer(tmp_path, tiny_demo_2d, monkeypatch):
+    """``--override s2d:max_epochs=24`` is the net's budget: the enhancer of ``train_enhancer.json`` reads the same key,
+    so the shared stage takes only rf's and enhancer's overrides (a net's budget check once retrained the enhancer)."""
+    from types import SimpleNamespace
+
+    from monai_uda import bundle
+    from monai_uda.benchmarks import methods_s2d
+    from monai_uda.benchmarks.methods import MethodContext
+
+    built = []
+
+    def fake_run_bundle(name, config, workflow_type=None, **ov):
+        if config == "train_enhancer.json":
+            built.append(ov.get("max_epochs"))
+        content = {"n_forests": 2, "max_epochs": methods_s2d.enhancer_epochs(ov), "target_forest_trees": 3,
+                   "validate_during_training": False, "train#trainer": SimpleNamespace(state=SimpleNamespace(epoch=1)),
+                   "scribble_data": (None, {"simulated": True, "scribble_images": 1, "scribble_pixels": 5,
+                                            "scribble_fg_pixels": 2})}
+        return SimpleNamespace(parser=SimpleNamespace(get_parsed_content=content.__getitem__))
+
+    monkeypatch.setattr(bundle, "run_bundle", fake_run_bundle)
+    default = methods_s2d.enhancer_epochs({})
+    every = {"s2d": {"max_epochs": 3, "validate_during_training": False}, "enhancer": {"validate_during_training": False}}
+
+    def ctx(method):
+        return MethodContext(tiny_demo_2d, str(tmp_path), 0, {}, overrides=every.get(method, {}),
+                             method_overrides=every)
+
+    facts = methods_s2d.shallow2deep_common(ctx("s2d"))
+    assert built == [None] and facts["enhancer_epochs"] == default  # the bundle's enhancer, not the net's 3 epochs
+    methods_s2d.shallow2deep_common(ctx("enhancer"))
+    assert len(built) == 1  # the enhancer's row finds the folder the net's row made: same stage
+    every["enhancer"]["max_epochs"] = 2 * default
+    assert methods_s2d.shallow2deep_common(ctx("s2d_norect"))["enhancer_epochs"] == 2 * default
+    assert built == [None, 2 * default]  # the enhancer's override builds the stage, whichever row asks
+    # a context made outside a benchmark run keeps its own overrides
+    solo = MethodContext(tiny_demo_2d, str(tmp_path), 0, {}, overrides={"max_epochs": 3,
+                                                                        "validate_during_training": False})
+    assert methods_s2d.shallow2deep_common(solo)["enhancer_epochs"] == 3
