@@ -9,6 +9,8 @@ on source_validation; missing: it did not) differs from the bundle's ``validate_
 
     python scripts/stale_rows.py FOLDER [FOLDER ...]          # list the stale rows
     python scripts/stale_rows.py FOLDER [FOLDER ...] --drop   # remove them (and their per-image rows)
+    python scripts/stale_rows.py FOLDER --drop --seeds 0      # those of seed 0 only (a rerun seed by seed, whose
+                                                              # committed tables keep the other seeds' rows meanwhile)
 
 FOLDER is a benchmark folder (``results.csv``, ``per_image.csv``), e.g. ``results/v2/A1``; the dropped rows are
 kept in its ``superseded_results.csv`` and ``superseded_per_image.csv`` (the validator study's selection tables
@@ -33,10 +35,12 @@ from monai_uda.utils import atomic_write_text
 S2D_FAMILY = ("enhancer", "s2d", "s2d_noteacher", "s2d_norect")
 
 
-def stale(results: pd.DataFrame, epochs: int, validated: bool = False) -> pd.DataFrame:
+def stale(results: pd.DataFrame, epochs: int, validated: bool = False, seeds=None) -> pd.DataFrame:
     """The (method, seed) rows of :data:`S2D_FAMILY` whose enhancer did not train ``epochs`` epochs (the cap, when
-    validated), or was (not) ``validated`` on source_validation."""
+    validated), or was (not) ``validated`` on source_validation; only those of ``seeds`` when given."""
     family = results[results.method.isin(S2D_FAMILY)]
+    if seeds is not None:
+        family = family[family.seed.astype(int).isin([int(s) for s in seeds])]
     missing = pd.Series(float("nan"), family.index)
     recorded = family.get("enhancer_epochs", missing).fillna(UNRECORDED_ENHANCER_EPOCHS)
     was_validated = family.get("enhancer_validated", missing).map(lambda v: bool(v) if pd.notna(v) else False)
@@ -54,12 +58,12 @@ ROW_FILES = tuple(f for both in zip(RESULT_FILES, PER_IMAGE_FILES) for f in both
 SUPERSEDED = {"results.csv": "superseded_results.csv", "per_image.csv": "superseded_per_image.csv"}
 
 
-def drop(folder: Path, epochs: int, validated: bool = False) -> pd.DataFrame:
+def drop(folder: Path, epochs: int, validated: bool = False, seeds=None) -> pd.DataFrame:
     """Remove the stale rows of ``folder`` from every file that holds finished rows (:data:`ROW_FILES`), keeping those
     of the tables in :data:`SUPERSEDED`; returns them (those of ``results.csv`` and of a stopped run's partial
-    table)."""
+    table); only those of ``seeds`` when given."""
     tables = {name: pd.read_csv(folder / name) for name in ROW_FILES if (folder / name).is_file()}
-    gone = pd.concat([stale(df, epochs, validated) for name, df in tables.items()
+    gone = pd.concat([stale(df, epochs, validated, seeds) for name, df in tables.items()
                       if name in ROW_FILES[::2]]).drop_duplicates()
     if gone.empty:
         return gone
@@ -78,13 +82,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folders", nargs="+", type=Path)
     p.add_argument("--drop", action="store_true", help="remove the stale rows (default: list them)")
+    p.add_argument("--seeds", type=int, nargs="+", help="only these seeds' rows (default: every seed's)")
     a = p.parse_args()
     epochs, validated = enhancer_epochs({}), enhancer_validated({})  # train_enhancer.json's
     for folder in a.folders:
         if not (folder / "results.csv").is_file():
             raise SystemExit(f"{folder / 'results.csv'}: not found")
-        rows = drop(folder, epochs, validated) if a.drop else stale(pd.read_csv(folder / "results.csv"), epochs,
-                                                                     validated)
+        rows = drop(folder, epochs, validated, a.seeds) if a.drop else stale(pd.read_csv(folder / "results.csv"),
+                                                                               epochs, validated, a.seeds)
         what = "dropped" if a.drop else "stale"
         print(f"{folder}: {len(rows)} {what} row(s) (enhancer_epochs != {epochs} or enhancer_validated != "
               f"{validated})"

@@ -30,6 +30,16 @@ def test_drop_removes_only_the_family_rows_at_another_budget(tmp_path):
     assert stale_rows.drop(folder, 48).empty  # a second run (a resumed queue) drops nothing more
 
 
+def test_a_rerun_seed_by_seed_drops_one_seeds_rows_and_keeps_the_others(tmp_path):
+    folder = _folder(tmp_path, [("enhancer", 0, 24), ("s2d", 0, 24), ("enhancer", 1, 24), ("s2d", 1, 24)])
+    gone = stale_rows.drop(folder, 48, seeds=[1])
+    assert sorted(zip(gone.method, gone.seed)) == [("enhancer", 1), ("s2d", 1)]
+    left = pd.read_csv(folder / "results.csv")  # seed 0's stale rows stay in the tables until seed 0 is rerun
+    assert list(zip(left.method, left.seed)) == [("enhancer", 0), ("s2d", 0)]
+    assert set(pd.read_csv(folder / "per_image.csv").seed) == {0}
+    assert set(pd.read_csv(folder / "superseded_results.csv").seed) == {1}
+
+
 def test_rows_made_before_the_column_was_recorded_count_as_24_epochs(tmp_path):
     pd.DataFrame([{"method": "enhancer", "seed": 0, "dice": 0.5}, {"method": "bn", "seed": 0, "dice": 0.5}]) \
         .to_csv(tmp_path / "results.csv", index=False)
