@@ -115,7 +115,8 @@ def _v2(root: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
 #: the mark of a cell with rows made at a budget the bundle has since left (scripts/stale_rows.py), and its note
 STALE_MARK = "‡"
 STALE_NOTE = (f"{STALE_MARK} made with an earlier Prediction Enhancer rule than `train_enhancer.json`'s (the row's "
-              "`enhancer_epochs` or `enhancer_validated` differ); rerun pending (`scripts/stale_rows.py`). On "
+              "`enhancer_epochs` or `enhancer_validated` differ), or a pseudo-label net with other epochs than "
+              "`adapt.json`'s; rerun pending (`scripts/stale_rows.py`). On "
               "`selected`: a seed's pick is such a model, or a model whose row has been rerun since (the pick is not "
               "rerun: that needs every candidate of its time).\n")
 
@@ -124,12 +125,12 @@ def _stale_methods(data: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict[s
     """Per pair of :func:`_v2`'s ``data``, the methods with rows made at an enhancer rule the bundle has left, and
     ``selected`` where a seed's pick is one of those or a model whose row has been rerun since the pick (its Dice is
     no longer the picked method's row of that seed)."""
-    from monai_uda.benchmarks.methods_s2d import enhancer_epochs, enhancer_validated
+    from monai_uda.benchmarks.methods_s2d import enhancer_epochs, enhancer_validated, net_epochs
 
-    epochs, validated = enhancer_epochs({}), enhancer_validated({})  # train_enhancer.json's, read once
+    epochs, validated, nets = enhancer_epochs({}), enhancer_validated({}), net_epochs({})  # the bundle's, read once
     out = {}
     for pair, (df, _) in data.items():
-        old = set(stale(df, epochs, validated).method)
+        old = set(stale(df, epochs, validated, nets=nets).method)
         dice = df.groupby(["method", "seed"]).dice.mean()
         for _, r in df[df.method == "selected"].iterrows():
             m = str(r.get("selected_method", ""))

@@ -5,7 +5,9 @@ row that uses the seed's Prediction Enhancer (``enhancer``, ``s2d``, ``s2d_notea
 the target forest alone) records ``enhancer_epochs``. A row is stale when that column differs from
 ``train_enhancer.json``'s ``max_epochs``, or when its ``enhancer_validated`` (whether the enhancer kept its best epoch
 on source_validation; missing: it did not) differs from the bundle's ``validate_during_training``; a row that lacks
-``enhancer_epochs`` was made before it was recorded, at 24 epochs.
+``enhancer_epochs`` was made before it was recorded, at 24 epochs. A pseudo-label net's row (``s2d``,
+``s2d_noteacher``, ``s2d_norect``) is stale too when its ``epochs`` (the net's, which trains a fixed budget) differ
+from ``adapt.json``'s ``max_epochs``; a row without ``epochs`` is not judged on it.
 
     python scripts/stale_rows.py FOLDER [FOLDER ...]          # list the stale rows
     python scripts/stale_rows.py FOLDER [FOLDER ...] --drop   # remove them (and their per-image rows)
@@ -27,17 +29,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from monai_uda.benchmarks.methods_s2d import UNRECORDED_ENHANCER_EPOCHS, enhancer_epochs, enhancer_validated
+from monai_uda.benchmarks.methods_s2d import UNRECORDED_ENHANCER_EPOCHS, enhancer_epochs, enhancer_validated, net_epochs
 from monai_uda.benchmarks.runner import PER_IMAGE_FILES, RESULT_FILES
 from monai_uda.utils import atomic_write_text
 
 #: the rows that depend on the enhancer's budget
 S2D_FAMILY = ("enhancer", "s2d", "s2d_noteacher", "s2d_norect")
+#: the rows of those that train a pseudo-label net, whose own budget is adapt.json's
+NETS = ("s2d", "s2d_noteacher", "s2d_norect")
 
 
-def stale(results: pd.DataFrame, epochs: int, validated: bool = False, seeds=None) -> pd.DataFrame:
+def stale(results: pd.DataFrame, epochs: int, validated: bool = False, seeds=None,
+          nets: int | None = None) -> pd.DataFrame:
     """The (method, seed) rows of :data:`S2D_FAMILY` whose enhancer did not train ``epochs`` epochs (the cap, when
-    validated), or was (not) ``validated`` on source_validation; only those of ``seeds`` when given."""
+    validated), or was (not) ``validated`` on source_validation, or (given ``nets``) the rows of :data:`NETS` whose
+    net did not train ``nets`` epochs; only those of ``seeds`` when given."""
     family = results[results.method.isin(S2D_FAMILY)]
     if seeds is not None:
         family = family[family.seed.astype(int).isin([int(s) for s in seeds])]
@@ -45,6 +51,9 @@ def stale(results: pd.DataFrame, epochs: int, validated: bool = False, seeds=Non
     recorded = family.get("enhancer_epochs", missing).fillna(UNRECORDED_ENHANCER_EPOCHS)
     was_validated = family.get("enhancer_validated", missing).map(lambda v: bool(v) if pd.notna(v) else False)
     other = (recorded != epochs) | (was_validated != validated)
+    if nets is not None:
+        trained = family.get("epochs", missing)
+        other |= family.method.isin(NETS) & trained.notna() & (trained != nets)
     return family[other][["method", "seed"]]
 
 
@@ -58,12 +67,12 @@ ROW_FILES = tuple(f for both in zip(RESULT_FILES, PER_IMAGE_FILES) for f in both
 SUPERSEDED = {"results.csv": "superseded_results.csv", "per_image.csv": "superseded_per_image.csv"}
 
 
-def drop(folder: Path, epochs: int, validated: bool = False, seeds=None) -> pd.DataFrame:
+def drop(folder: Path, epochs: int, validated: bool = False, seeds=None, nets: int | None = None) -> pd.DataFrame:
     """Remove the stale rows of ``folder`` from every file that holds finished rows (:data:`ROW_FILES`), keeping those
     of the tables in :data:`SUPERSEDED`; returns them (those of ``results.csv`` and of a stopped run's partial
     table); only those of ``seeds`` when given."""
     tables = {name: pd.read_csv(folder / name) for name in ROW_FILES if (folder / name).is_file()}
-    gone = pd.concat([stale(df, epochs, validated, seeds) for name, df in tables.items()
+    gone = pd.concat([stale(df, epochs, validated, seeds, nets) for name, df in tables.items()
                       if name in ROW_FILES[::2]]).drop_duplicates()
     if gone.empty:
         return gone
@@ -84,15 +93,15 @@ def main() -> None:
     p.add_argument("--drop", action="store_true", help="remove the stale rows (default: list them)")
     p.add_argument("--seeds", type=int, nargs="+", help="only these seeds' rows (default: every seed's)")
     a = p.parse_args()
-    epochs, validated = enhancer_epochs({}), enhancer_validated({})  # train_enhancer.json's
+    epochs, validated, nets = enhancer_epochs({}), enhancer_validated({}), net_epochs({})  # the bundle's
     for folder in a.folders:
         if not (folder / "results.csv").is_file():
             raise SystemExit(f"{folder / 'results.csv'}: not found")
-        rows = drop(folder, epochs, validated, a.seeds) if a.drop else stale(pd.read_csv(folder / "results.csv"),
-                                                                               epochs, validated, a.seeds)
+        rows = drop(folder, epochs, validated, a.seeds, nets) if a.drop else stale(
+            pd.read_csv(folder / "results.csv"), epochs, validated, a.seeds, nets)
         what = "dropped" if a.drop else "stale"
         print(f"{folder}: {len(rows)} {what} row(s) (enhancer_epochs != {epochs} or enhancer_validated != "
-              f"{validated})"
+              f"{validated}, or a net's epochs != {nets})"
               + ("" if rows.empty else ": " + ", ".join(f"{m} seed {s}" for m, s in zip(rows.method, rows.seed))))
 
 

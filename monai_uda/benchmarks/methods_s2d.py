@@ -37,7 +37,7 @@ import time
 from monai_uda.benchmarks.methods import MethodContext, MethodOutput, register_method
 from monai_uda.utils import atomic_json, atomic_torch_save
 
-__all__ = ["shallow2deep_common", "s2d_sizes", "rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect"]
+__all__ = ["shallow2deep_common", "s2d_sizes", "enhancer_epochs", "net_epochs", "rf", "enhancer", "s2d", "s2d_noteacher", "s2d_norect"]
 
 BUNDLE = "shallow2deep_segmentation"
 #: the enhancer's epochs in the rows and ``s2d_common`` folders made before they recorded them
@@ -74,14 +74,25 @@ def _overrides(ctx: MethodContext, subdir: str) -> dict:
     return ov
 
 
-def _enhancer_setting(ov: dict, key: str):
-    """``key`` of the enhancer's training with the bundle overrides ``ov``: theirs, else ``train_enhancer.json``'s."""
+def _setting(config: str, ov: dict, key: str):
+    """``key`` of ``config`` run with the bundle overrides ``ov``: theirs, else the config's own."""
     if key in ov:
         return ov[key]
     from monai_uda.bundle.locate import bundle_dir
 
-    with open(bundle_dir(BUNDLE) / "configs" / "train_enhancer.json") as fh:
+    with open(bundle_dir(BUNDLE) / "configs" / config) as fh:
         return json.load(fh)[key]
+
+
+def _enhancer_setting(ov: dict, key: str):
+    """``key`` of the enhancer's training with the bundle overrides ``ov``: theirs, else ``train_enhancer.json``'s."""
+    return _setting("train_enhancer.json", ov, key)
+
+
+def net_epochs(ov: dict) -> int:
+    """The epochs the pseudo-label net (``s2d`` and its ablations) trains with the bundle overrides ``ov``
+    (``adapt.json``'s ``max_epochs``, else theirs)."""
+    return int(_setting("adapt.json", ov, "max_epochs"))
 
 
 def enhancer_epochs(ov: dict) -> int:

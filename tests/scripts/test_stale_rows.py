@@ -40,6 +40,16 @@ def test_a_rerun_seed_by_seed_drops_one_seeds_rows_and_keeps_the_others(tmp_path
     assert set(pd.read_csv(folder / "superseded_results.csv").seed) == {1}
 
 
+def test_a_pseudo_label_nets_row_at_other_epochs_is_stale_though_its_enhancer_is_current(tmp_path):
+    rows = pd.DataFrame([{"method": m, "seed": 0, "dice": 0.5, "enhancer_epochs": 48, "epochs": e}
+                         for m, e in [("enhancer", float("nan")), ("s2d", 12), ("s2d_noteacher", 24),
+                                      ("s2d_norect", float("nan"))]])
+    assert stale_rows.stale(rows, 48).empty  # without the net's budget: the enhancer rule alone
+    # the enhancer trains no net, and a row that does not record its epochs is not judged on them
+    assert list(stale_rows.stale(rows, 48, nets=24).method) == ["s2d"]
+    assert sorted(stale_rows.stale(rows, 48, nets=12).method) == ["s2d_noteacher"]
+
+
 def test_rows_made_before_the_column_was_recorded_count_as_24_epochs(tmp_path):
     pd.DataFrame([{"method": "enhancer", "seed": 0, "dice": 0.5}, {"method": "bn", "seed": 0, "dice": 0.5}]) \
         .to_csv(tmp_path / "results.csv", index=False)
