@@ -304,6 +304,10 @@ REASONS[("buda", "B2")] = _b2_buda  # a function of the results root, as in VERS
 REASONS[("early", "D1")] = _d1_early_vs_source
 
 
+#: the pseudo-label net's budget checks on the 8x-rule enhancers (scripts/budget_checks.py), in doubling order
+NET_CHECKS = ("s2d_net_e8x", "s2d_net_e8x_4x", "s2d_net_e8x_8x")
+
+
 def _a1_s2d_teacher(root: Path) -> str:
     """The pseudo-label net against its teacher, the enhancer, on A1 (``s2d_teacher/A1``: ``scripts/s2d_teacher.py``):
     Dice on the images it was trained on and on the test images, agreement with the teacher, per-seed Dice; and the
@@ -325,9 +329,10 @@ def _a1_s2d_teacher(root: Path) -> str:
              if above and below else f"the net is {'above' if above else 'below'} its teacher in every seed")
     verdict = ("its gain over it is not consistent over seeds" if above and below else
                "it does not improve on it" if below else "it is above it in every seed")
-    check = Path(root) / "budget" / "s2d_net_e8x" / "per_image.csv"
-    budget = ("the net's doubled budget on these enhancers is the `s2d_net_e8x` row of [protocol.md](protocol.md)"
-              if check.is_file() else "whether a longer net budget with this enhancer moves it is not measured")
+    checks = [c for c in NET_CHECKS if (Path(root) / "budget" / c / "per_image.csv").is_file()]
+    budget = (f"the net's budget checks on these enhancers are the {', '.join(f'`{c}`' for c in checks)} rows of "
+              "[protocol.md](protocol.md)" if checks else
+              "whether a longer net budget with this enhancer moves it is not measured")
     return (
         "on the unlabelled target_training images it was trained on (their labels read only to score), the net scores "
         f"{ms('target_training', 's2d')} against the enhancer's {ms('target_training', 'enhancer')} ({describe(t)}), "

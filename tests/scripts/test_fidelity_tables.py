@@ -174,4 +174,4 @@ def test_s2d_against_its_teacher_on_a1_reads_the_teacher_study(tmp_path):
     assert "longer net budget with this enhancer moves it is not measured" in text
     (tmp_path / "budget" / "s2d_net_e8x").mkdir(parents=True)
     (tmp_path / "budget" / "s2d_net_e8x" / "per_image.csv").write_text("x")
-    assert "`s2d_net_e8x` row of [protocol.md]" in ft._a1_s2d_teacher(tmp_path)
+    assert "the `s2d_net_e8x` rows of [protocol.md]" in ft._a1_s2d_teacher(tmp_path)
