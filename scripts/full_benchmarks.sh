@@ -25,11 +25,19 @@ run() {
   # only when a method still to run needs it)
   if [ ! -f "$out/$pair/results.csv" ] && [ -f "docs/benchmarks/v2/$pair/results.csv" ]; then
     mkdir -p "$out/$pair" && cp "docs/benchmarks/v2/$pair"/{results.csv,per_image.csv} "$out/$pair/"
+    for f in superseded_results.csv superseded_per_image.csv; do
+      [ ! -f "docs/benchmarks/v2/$pair/$f" ] || cp "docs/benchmarks/v2/$pair/$f" "$out/$pair/"
+    done
   fi
+  # rows made at a budget the bundle has since left (scripts/stale_rows.py) are run again
+  if [ -f "$out/$pair/results.csv" ]; then python scripts/stale_rows.py "$out/$pair" --drop || return 1; fi
   python -m monai_uda benchmark --pair "$pair" --data-root "$data" --methods "$methods" --seeds 0 1 2 \
     --out "$out/$pair" --resume --threads "$threads" || { echo "=== $pair failed" >&2; return 1; }
   mkdir -p "docs/benchmarks/v2/$pair"
   cp "$out/$pair"/{results.csv,results.md,results.png,per_image.csv} "docs/benchmarks/v2/$pair/"
+  for f in superseded_results.csv superseded_per_image.csv; do
+    [ ! -f "$out/$pair/$f" ] || cp "$out/$pair/$f" "docs/benchmarks/v2/$pair/"
+  done
   python scripts/protocol_tables.py --write
 }
 # the stages of monai_uda/benchmarks/plan.py (one line per stage: PAIR METHODS); the label-free pick `selected`
