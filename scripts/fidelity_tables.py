@@ -133,7 +133,10 @@ PAPERS: dict[str, dict] = {
             "s2d_norect": ("pseudo-labels + CL (Table 7)", "F1 0.877", "+"),
         },
         "versus": [("enhancer", "rf", "Table 2: F1 0.840 vs 0.647", "+"),
-                   ("s2d", "enhancer", "Table 2: F1 0.884 vs 0.840", "+")],
+                   ("s2d", "enhancer", "Table 2: F1 0.884 vs 0.840", "+"),
+                   # Table 7's ablations: both terms against each alone (VNC; MitoEM-R in brackets)
+                   ("s2d", "s2d_norect", "Table 7: F1 0.884 vs 0.877 (MitoEM-R 0.793 vs 0.788)", "+"),
+                   ("s2d", "s2d_noteacher", "Table 7: F1 0.884 vs 0.869 (MitoEM-R 0.793 vs 0.798)", "+")],
     },
     "past": {
         "title": "PAST",
@@ -202,6 +205,31 @@ def _seed_account(root: Path, pair: str, method: str) -> str:
     seeds = lambda ss: ", ".join(f"seed {s}: {m[s]:.3f} against {src[s]:.3f}" for s in ss)  # noqa: E731
     return (f"the seeds split: {seeds(above)} above source, {seeds(below)} below it, so the paired test over "
             "(seed, image) finds no consistent gain; what makes a seed fall is not measured")
+
+
+def _seed_order(pair: str, method: str, base: str) -> Callable[[Path], str]:
+    """The per-seed Dice of ``method`` against ``base`` on ``pair`` (``<root>/v2/<pair>/results.csv``, read when the
+    page is made): in which seeds it is above and below, and the share of the mean difference the largest seed
+    carries; the cause is not measured."""
+
+    def reason(root: Path) -> str:
+        d = _seed_dice(root, pair)
+        if method not in d or base not in d:
+            return ""
+        m, b = d[method], d[base]
+        above, below = [s for s in d.index if m[s] > b[s]], [s for s in d.index if m[s] < b[s]]
+        cells = lambda seeds: ", ".join(f"{s}: {m[s]:.3f} vs {b[s]:.3f}" for s in seeds)  # noqa: E731
+        if not above or not below:
+            where = "above" if above else "below"
+            return (f"`{method}` is {where} `{base}` in every seed ({cells(d.index)}); why is not measured")
+        diff = m - b
+        top = diff.abs().idxmax()
+        return (f"the order is not consistent over seeds: `{method}` is above `{base}` in seed(s) "
+                f"{cells(above)} and below it in seed(s) {cells(below)}; seed {top} carries "
+                f"{100 * abs(diff[top]) / diff.abs().sum():.0f} % of the absolute per-seed differences; why is not "
+                "measured")
+
+    return reason
 
 
 def _demo_early(base: str, label: str) -> Callable[[Path], str]:
@@ -361,6 +389,8 @@ VERSUS_REASONS: dict[tuple[str, str, str], str | Callable[[Path], str]] = {
     ("early", "st", "D1"): _d1_early,
     ("early", "cbst", "D1"): _d1_early,
     ("s2d", "enhancer", "A1"): _a1_s2d_teacher,
+    ("s2d", "s2d_norect", "A1"): _seed_order("A1", "s2d", "s2d_norect"),
+    ("s2d", "s2d_noteacher", "A1"): _seed_order("A1", "s2d", "s2d_noteacher"),
 }
 
 #: the verdict of a (method, pair) without rows

@@ -175,3 +175,17 @@ def test_s2d_against_its_teacher_on_a1_reads_the_teacher_study(tmp_path):
     (tmp_path / "budget" / "s2d_net_e8x").mkdir(parents=True)
     (tmp_path / "budget" / "s2d_net_e8x" / "per_image.csv").write_text("x")
     assert "the `s2d_net_e8x` rows of [protocol.md]" in ft._a1_s2d_teacher(tmp_path)
+
+
+def test_a_comparison_unlike_the_paper_gets_its_per_seed_order(tmp_path):
+    d = tmp_path / "v2" / "A1"
+    d.mkdir(parents=True)
+    rows = [("a", 0, 0.80), ("b", 0, 0.82), ("a", 1, 0.66), ("b", 1, 0.51), ("a", 2, 0.74), ("b", 2, 0.75)]
+    pd.DataFrame([{"method": m, "seed": s, "dice": x} for m, s, x in rows]).to_csv(d / "results.csv", index=False)
+    text = ft._seed_order("A1", "a", "b")(tmp_path)
+    assert "above `b` in seed(s) 1: 0.660 vs 0.510 and below it in seed(s) 0: 0.800 vs 0.820, 2: 0.740 vs 0.750" in text
+    assert "seed 1 carries 83 % of the absolute per-seed differences" in text  # 0.15 of 0.18
+    assert ft._seed_order("A1", "a", "c")(tmp_path) == ""  # a method without rows: nothing to account for
+    rows += [("c", 0, 0.70), ("c", 1, 0.50), ("c", 2, 0.60)]
+    pd.DataFrame([{"method": m, "seed": s, "dice": x} for m, s, x in rows]).to_csv(d / "results.csv", index=False)
+    assert ft._seed_order("A1", "c", "a")(tmp_path).startswith("`c` is below `a` in every seed (0: 0.700 vs 0.800")
