@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from budget_checks import mean_std, p_text  # this folder: the format of every protocol table
+from budget_checks import CHECKS, mean_std, p_text  # this folder: the format of every protocol table; the checks
 
 from monai_uda.evaluation.significance import paired_test
 from monai_uda.utils import atomic_write_text
@@ -209,8 +209,8 @@ def _seed_account(root: Path, pair: str, method: str) -> str:
 
 def _seed_order(pair: str, method: str, base: str) -> Callable[[Path], str]:
     """The per-seed Dice of ``method`` against ``base`` on ``pair`` (``<root>/v2/<pair>/results.csv``, read when the
-    page is made): in which seeds it is above and below, and the share of the mean difference the largest seed
-    carries; the cause is not measured."""
+    page is made): in which seeds it is above and below, and the share of the absolute per-seed differences that the
+    largest one carries; the cause is not measured."""
 
     def reason(root: Path) -> str:
         d = _seed_dice(root, pair)
@@ -333,13 +333,13 @@ REASONS[("early", "D1")] = _d1_early_vs_source
 
 
 #: the pseudo-label net's budget checks on the 8x-rule enhancers (scripts/budget_checks.py), in doubling order
-NET_CHECKS = ("s2d_net_e8x", "s2d_net_e8x_4x", "s2d_net_e8x_8x")
+NET_CHECKS = tuple(c.name for c in CHECKS if c.name.startswith("s2d_net_e8x"))
 
 
 def _a1_s2d_teacher(root: Path) -> str:
     """The pseudo-label net against its teacher, the enhancer, on A1 (``s2d_teacher/A1``: ``scripts/s2d_teacher.py``):
     Dice on the images it was trained on and on the test images, agreement with the teacher, per-seed Dice; and the
-    net's budget check on that enhancer (``budget/s2d_net_e8x``) where it has run."""
+    net's budget checks on that enhancer (:data:`NET_CHECKS`) that have run."""
     f = Path(root) / "s2d_teacher" / "A1" / "per_image.csv"
     if not f.is_file():
         return ""

@@ -36,7 +36,7 @@ from monai_uda.utils import atomic_write_text
 #: the rows that depend on the enhancer's budget
 S2D_FAMILY = ("enhancer", "s2d", "s2d_noteacher", "s2d_norect")
 #: the rows of those that train a pseudo-label net, whose own budget is adapt.json's
-NETS = ("s2d", "s2d_noteacher", "s2d_norect")
+NETS = tuple(m for m in S2D_FAMILY if m != "enhancer")
 
 
 def stale(results: pd.DataFrame, epochs: int, validated: bool = False, seeds=None,
