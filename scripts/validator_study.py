@@ -112,7 +112,7 @@ def regret_table(data: dict[str, pd.DataFrame], exclude: tuple[str, ...] = ()) -
     for pair, df in data.items():
         # the default rule applied to the recorded scores (the `chosen` column is the pick of the code that wrote
         # the table; the rule's tie-break has since become independent of the candidates' order)
-        regret, worse, picks = _rule_outcome(df, "default")
+        regret, worse, picks, _ = _rule_outcome(df, "default")
         per = {k: [] for k in means if k != "rule"}
         for _, g in df.dropna(subset=["dice"]).groupby("seed"):
             best, src = g.dice.max(), g.loc[g.candidate == "source", "dice"].iloc[0]
@@ -133,9 +133,9 @@ def regret_table(data: dict[str, pd.DataFrame], exclude: tuple[str, ...] = ()) -
     return "\n".join(lines) + "\n"
 
 
-def _rule_outcome(df: pd.DataFrame, rule) -> tuple[float, int, list[str]]:
+def _rule_outcome(df: pd.DataFrame, rule) -> tuple[float, int, list[str], list[float]]:
     """``rule`` (``"default"`` or a list of columns) on one pair's table: the mean over seeds of the regret, the
-    seeds where the pick was more than 2 Dice points below source, and the picks."""
+    seeds where the pick was more than 2 Dice points below source, the picks, and each seed's regret."""
     from monai_uda.validators import select
 
     columns = [c for c in (DEFAULT_RULE_COLUMNS if rule == "default" else rule) if c in df.columns]
@@ -148,7 +148,7 @@ def _rule_outcome(df: pd.DataFrame, rule) -> tuple[float, int, list[str]]:
         regrets.append(g.dice.max() - pick.dice)
         worse += int(pick.dice < src - 0.02)
         picks.append(str(pick.candidate))
-    return float(np.mean(regrets)), worse, picks
+    return float(np.mean(regrets)), worse, picks, regrets
 
 
 def candidate_rules(data: dict[str, pd.DataFrame]) -> dict[str, tuple[str, ...]]:
@@ -170,7 +170,7 @@ def held_out_table(data: dict[str, pd.DataFrame]) -> str:
     outcome = {(name, pair): _rule_outcome(df, cols) for name, cols in rules.items() for pair, df in data.items()}
     lines = ["| held-out pair | rule chosen on the other pairs | its regret there | held-out regret | held-out "
              "below source − 2 pts | held-out picks | default rule: held-out regret |", "|---|---|---|---|---|---|---|"]
-    held = []
+    held, paired = [], []  # paired: (held-out rule, default rule) regret of each (pair, seed)
     for pair in data:
         train = [p for p in data if p != pair]
         if not train:
@@ -178,13 +178,22 @@ def held_out_table(data: dict[str, pd.DataFrame]) -> str:
         # lowest mean regret on the other pairs; then fewer picks below source; then the name
         name = min(rules, key=lambda r: (round(np.mean([outcome[r, p][0] for p in train]), 6),
                                          sum(outcome[r, p][1] for p in train), r))
-        regret, worse, picks = outcome[name, pair]
+        regret, worse, picks, per_seed = outcome[name, pair]
         held.append(regret)
+        paired += list(zip(per_seed, outcome["default", pair][3]))
         lines.append(f"| {pair} | `{name}` | {100 * np.mean([outcome[name, p][0] for p in train]):.1f} | "
                      f"{100 * regret:.1f} | {worse} | {', '.join(picks)} | {100 * outcome['default', pair][0]:.1f} |")
     if held:
         default = np.mean([outcome["default", p][0] for p in data])
         lines.append(f"| mean | | | {100 * np.mean(held):.1f} | | | {100 * default:.1f} |")
+    diff = [a - b for a, b in paired]
+    if len(diff) >= 5 and any(diff):
+        from scipy.stats import wilcoxon
+
+        lines += ["", f"Held-out rule against the default rule, per (pair, seed) regret: {100 * np.mean(diff):+.1f} "
+                      f"points on average, lower in {sum(d < 0 for d in diff)} and higher in "
+                      f"{sum(d > 0 for d in diff)} of {len(diff)} runs; two-sided Wilcoxon signed-rank p "
+                      f"{wilcoxon([a for a, _ in paired], [b for _, b in paired]).pvalue:.3f}."]
     return "\n".join(lines) + "\n"
 
 
