@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from budget_checks import p_text  # this folder: the p-value format of every protocol table
 from scipy.stats import spearmanr
 
+from monai_uda.evaluation.significance import paired_test
 from monai_uda.utils import atomic_write_text
 from monai_uda.validators.candidates import WEAKLY_SUPERVISED
 from monai_uda.validators.selection import DEFAULT_RULE as DEFAULT_RULE_COLUMNS
@@ -186,14 +188,16 @@ def held_out_table(data: dict[str, pd.DataFrame]) -> str:
     if held:
         default = np.mean([outcome["default", p][0] for p in data])
         lines.append(f"| mean | | | {100 * np.mean(held):.1f} | | | {100 * default:.1f} |")
-    diff = [a - b for a, b in paired]
-    if len(diff) >= 5 and any(diff):
-        from scipy.stats import wilcoxon
-
-        lines += ["", f"Held-out rule against the default rule, per (pair, seed) regret: {100 * np.mean(diff):+.1f} "
+    # the benchmark's paired test, with (pair, seed) runs in place of (seed, image) pairs
+    runs = pd.DataFrame([{"method": m, "seed": i, "name": "", "regret": r}
+                         for i, both in enumerate(paired) for m, r in zip(("held_out", "default"), both)])
+    test = paired_test(runs, "held_out", baseline="default", metric="regret") if paired else {"p": np.nan}
+    if np.isfinite(test["p"]):
+        diff = [a - b for a, b in paired]
+        lines += ["", f"Held-out rule against the default rule, per (pair, seed) regret: {100 * test['mean_diff']:+.1f} "
                       f"points on average, lower in {sum(d < 0 for d in diff)} and higher in "
-                      f"{sum(d > 0 for d in diff)} of {len(diff)} runs; two-sided Wilcoxon signed-rank p "
-                      f"{wilcoxon([a for a, _ in paired], [b for _, b in paired]).pvalue:.3f}."]
+                      f"{sum(d > 0 for d in diff)} of {len(diff)} runs; two-sided Wilcoxon signed-rank "
+                      f"{p_text(test['p'])}."]
     return "\n".join(lines) + "\n"
 
 
