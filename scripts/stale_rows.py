@@ -13,6 +13,7 @@ from ``adapt.json``'s ``max_epochs``; a row without ``epochs`` is not judged on 
     python scripts/stale_rows.py FOLDER [FOLDER ...] --drop   # remove them (and their per-image rows)
     python scripts/stale_rows.py FOLDER --drop --seeds 0      # those of seed 0 only (a rerun seed by seed, whose
                                                               # committed tables keep the other seeds' rows meanwhile)
+    python scripts/stale_rows.py FOLDER --drop --methods s2d_noteacher   # those of one method only (likewise)
 
 FOLDER is a benchmark folder (``results.csv``, ``per_image.csv``), e.g. ``results/v2/A1``; the dropped rows are
 kept in its ``superseded_results.csv`` and ``superseded_per_image.csv`` (the validator study's selection tables
@@ -40,11 +41,11 @@ NETS = tuple(m for m in S2D_FAMILY if m != "enhancer")
 
 
 def stale(results: pd.DataFrame, epochs: int, validated: bool = False, seeds=None,
-          nets: int | None = None) -> pd.DataFrame:
+          nets: int | None = None, methods=None) -> pd.DataFrame:
     """The (method, seed) rows of :data:`S2D_FAMILY` whose enhancer did not train ``epochs`` epochs (the cap, when
     validated), or was (not) ``validated`` on source_validation, or (given ``nets``) the rows of :data:`NETS` whose
-    net did not train ``nets`` epochs; only those of ``seeds`` when given."""
-    family = results[results.method.isin(S2D_FAMILY)]
+    net did not train ``nets`` epochs; only those of ``seeds`` and of ``methods`` when given."""
+    family = results[results.method.isin(S2D_FAMILY if methods is None else set(S2D_FAMILY) & set(methods))]
     if seeds is not None:
         family = family[family.seed.astype(int).isin([int(s) for s in seeds])]
     missing = pd.Series(float("nan"), family.index)
@@ -67,12 +68,13 @@ ROW_FILES = tuple(f for both in zip(RESULT_FILES, PER_IMAGE_FILES) for f in both
 SUPERSEDED = {"results.csv": "superseded_results.csv", "per_image.csv": "superseded_per_image.csv"}
 
 
-def drop(folder: Path, epochs: int, validated: bool = False, seeds=None, nets: int | None = None) -> pd.DataFrame:
+def drop(folder: Path, epochs: int, validated: bool = False, seeds=None, nets: int | None = None,
+         methods=None) -> pd.DataFrame:
     """Remove the stale rows of ``folder`` from every file that holds finished rows (:data:`ROW_FILES`), keeping those
     of the tables in :data:`SUPERSEDED`; returns them (those of ``results.csv`` and of a stopped run's partial
-    table); only those of ``seeds`` when given."""
+    table); only those of ``seeds`` and of ``methods`` when given."""
     tables = {name: pd.read_csv(folder / name) for name in ROW_FILES if (folder / name).is_file()}
-    gone = pd.concat([stale(df, epochs, validated, seeds, nets) for name, df in tables.items()
+    gone = pd.concat([stale(df, epochs, validated, seeds, nets, methods) for name, df in tables.items()
                       if name in ROW_FILES[::2]]).drop_duplicates()
     if gone.empty:
         return gone
@@ -92,13 +94,14 @@ def main() -> None:
     p.add_argument("folders", nargs="+", type=Path)
     p.add_argument("--drop", action="store_true", help="remove the stale rows (default: list them)")
     p.add_argument("--seeds", type=int, nargs="+", help="only these seeds' rows (default: every seed's)")
+    p.add_argument("--methods", nargs="+", choices=S2D_FAMILY, help="only these methods' rows (default: every one's)")
     a = p.parse_args()
     epochs, validated, nets = enhancer_epochs({}), enhancer_validated({}), net_epochs({})  # the bundle's
     for folder in a.folders:
         if not (folder / "results.csv").is_file():
             raise SystemExit(f"{folder / 'results.csv'}: not found")
-        rows = drop(folder, epochs, validated, a.seeds, nets) if a.drop else stale(
-            pd.read_csv(folder / "results.csv"), epochs, validated, a.seeds, nets)
+        rows = drop(folder, epochs, validated, a.seeds, nets, a.methods) if a.drop else stale(
+            pd.read_csv(folder / "results.csv"), epochs, validated, a.seeds, nets, a.methods)
         what = "dropped" if a.drop else "stale"
         print(f"{folder}: {len(rows)} {what} row(s) (enhancer_epochs != {epochs} or enhancer_validated != "
               f"{validated}, or a net's epochs != {nets})"

@@ -40,6 +40,15 @@ def test_a_rerun_seed_by_seed_drops_one_seeds_rows_and_keeps_the_others(tmp_path
     assert set(pd.read_csv(folder / "superseded_results.csv").seed) == {1}
 
 
+
+def test_a_rerun_method_by_method_drops_only_the_asked_methods_rows(tmp_path):
+    folder = _folder(tmp_path, [("enhancer", 0, 24), ("s2d", 0, 24), ("s2d_norect", 0, 24), ("s2d_norect", 1, 24)])
+    gone = stale_rows.drop(folder, 48, seeds=[0], methods=["s2d_norect", "s2d"])
+    assert sorted(zip(gone.method, gone.seed)) == [("s2d", 0), ("s2d_norect", 0)]
+    left = pd.read_csv(folder / "results.csv")  # the other methods' (and seeds') stale rows wait for their rerun
+    assert list(zip(left.method, left.seed)) == [("enhancer", 0), ("s2d_norect", 1)]
+    assert sorted(stale_rows.stale(left, 48, methods=["enhancer"]).method) == ["enhancer"]
+
 def test_a_pseudo_label_nets_row_at_other_epochs_is_stale_though_its_enhancer_is_current(tmp_path):
     rows = pd.DataFrame([{"method": m, "seed": 0, "dice": 0.5, "enhancer_epochs": 48, "epochs": e}
                          for m, e in [("enhancer", float("nan")), ("s2d", 12), ("s2d_noteacher", 24),
