@@ -16,8 +16,15 @@ emptied columns; ``scripts/validator_study.py`` then pairs those rows with the c
 one. A row rerun again after its rescoring must be rescored again. No
 target label is read: the target_training images only, as ``select``.
 
+With ``--whole``, on a machine that holds every candidate's current model (the source model too), every candidate is
+scored again with every validator of the table, ``source_agreement`` and ``consensus`` included: what ``select``
+would give on today's models, with the table's own rule and record kept; each candidate is then recorded as
+rescored (nothing emptied), so the study pairs every row with the current Dice.
+
     OMP_NUM_THREADS=1 python scripts/selection_rescore.py docs/benchmarks/selection/A1/seed0 \\
         --datalist results/v2/A1/A1.json --bench results/v2/A1 --methods s2d s2d_noteacher s2d_norect
+    OMP_NUM_THREADS=2 python scripts/selection_rescore.py docs/benchmarks/selection/A1/seed0 \\
+        --datalist results/v2/A1/A1.json --bench results/v2/A1 --whole --threads 2
 """
 
 from __future__ import annotations
@@ -49,10 +56,11 @@ def alone(columns: list[str]) -> tuple[list[str], list[str]]:
 
 
 def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], label_limit: int | None = 16,
-            roi_size: list[int] | None = None, progress: bool = True) -> pd.DataFrame:
+            roi_size: list[int] | None = None, progress: bool = True, whole: bool = False) -> pd.DataFrame:
     """Score ``checkpoints`` (candidate name -> UDAUNet state dict) with the table's single-candidate validators,
     replace their rows of ``table_dir/selection.csv``, recompute the rule and the pick, and rewrite the table, its
-    plot and ``selection.json`` (atomically). Returns the new table."""
+    plot and ``selection.json`` (atomically). With ``whole``, ``checkpoints`` holds every candidate of the table and
+    each is scored with every validator of the table. Returns the new table."""
     from monai_uda.networks import UDAUNet
     from monai_uda.validators import score_candidates, select
     from monai_uda.validators.candidates import (as_uda, default_inferer, load_weights, source_statistics,
@@ -70,9 +78,12 @@ def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], labe
     unknown = sorted(set(checkpoints) - set(table.index))
     if unknown:
         raise SystemExit(f"{csv}: no candidate {', '.join(unknown)} to rescore (it has {', '.join(table.index)})")
+    missing = sorted(set(table.index) - set(checkpoints))
+    if whole and missing:
+        raise SystemExit(f"{csv}: scoring the whole table needs every candidate's model; none for {', '.join(missing)}")
     recomputed = ("rule_score", "chosen", "checkpoint")  # selection_table writes them again
     validators = [c for c in table.columns if c not in (*TIMING_COLUMNS, *recomputed)]
-    solo, emptied = alone(validators)
+    solo, emptied = (validators, []) if whole else alone(validators)
     clash = sorted(set(record.get("rule_columns", [])) & set(emptied))
     if clash:  # before any model is loaded or scored
         raise SystemExit(f"{rec_file}: its rule uses {', '.join(clash)}, which a candidate scored alone cannot have: "
@@ -88,7 +99,8 @@ def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], labe
     df = table.drop(columns=[c for c in recomputed if c in table])
     for name in checkpoints:
         df.loc[name, solo + list(TIMING_COLUMNS)] = scores.loc[name, solo + list(TIMING_COLUMNS)]
-        df.loc[name, emptied] = math.nan
+        if emptied:
+            df.loc[name, emptied] = math.nan
     rule = record.get("rule", "default")
     choice, reason = select(df, rule)
     paths = table["checkpoint"].to_dict() if "checkpoint" in table else {}
@@ -97,7 +109,8 @@ def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], labe
     when = datetime.datetime.now().isoformat(timespec="seconds")
     rescored = dict(record.get("rescored", {}))
     rescored.update({n: {"checkpoint": os.path.abspath(p), "sha256": file_hash(p), "date": when, "emptied": emptied,
-                         "why": "rescored alone after its benchmark row was rerun: the validators that need the "
+                         "why": "scored again with every candidate's current model (--whole)" if whole else
+                                "rescored alone after its benchmark row was rerun: the validators that need the "
                                 "source model or the other candidates are empty"} for n, p in checkpoints.items()})
     facts = {k: v for k, v in record.items()
              if k not in ("chosen", "reason", "rule", "rule_columns", "date", "scores", "checkpoint", "rescored")}
@@ -116,7 +129,10 @@ def main() -> None:
     p.add_argument("--datalist", required=True, help="the pair's datalist (target_training images are read)")
     p.add_argument("--bench", required=True, type=Path, help="the benchmark folder with the rerun models")
     p.add_argument("--seed", type=int, default=None, help="default: the table folder's name (seed<k>)")
-    p.add_argument("--methods", nargs="+", required=True, help="the rerun candidates to rescore")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--methods", nargs="+", help="the rerun candidates to rescore")
+    which.add_argument("--whole", action="store_true",
+                       help="score every candidate of the table again with every validator (needs all their models)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     from monai_uda.networks import UDAUNet
@@ -125,14 +141,18 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     seed = a.seed if a.seed is not None else int(a.table.name.removeprefix("seed"))
     uda = as_uda(a.datalist)
-    found = seed_candidates(a.bench / f"seed{seed}", a.methods,
+    csv = a.table / "selection.csv"
+    if a.whole and not csv.is_file():
+        raise SystemExit(f"{csv} not found: rescoring needs the table and record of a `monai-uda select` run")
+    methods = list(pd.read_csv(csv).candidate) if a.whole else a.methods
+    found = seed_candidates(a.bench / f"seed{seed}", methods,
                             lambda: UDAUNet(uda.spatial_dims, uda.in_channels, uda.num_classes))
     if found.skipped:
         raise SystemExit(f"{a.bench / f'seed{seed}'}: " + "; ".join(f"{m}: {why}" for m, why in found.skipped.items()))
-    new = rescore(a.table, a.datalist, found.checkpoints)
+    new = rescore(a.table, a.datalist, found.checkpoints, whole=a.whole)
     shown = [c for c in new.columns if c != "checkpoint"]
     print(new[shown].to_string(float_format=lambda v: f"{v:.4g}"))
-    print(f"rescored {', '.join(a.methods)} in {a.table}; selected {new.index[new.chosen][0]}")
+    print(f"rescored {', '.join(methods)} in {a.table}; selected {new.index[new.chosen][0]}")
 
 
 if __name__ == "__main__":

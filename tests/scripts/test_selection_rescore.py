@@ -49,6 +49,37 @@ def test_a_rescored_candidate_gets_the_scores_it_gets_alone_and_the_pick_follows
     assert record["scores"]["zero"]["im"] == pytest.approx(ref.loc["good", "im"], rel=1e-5)
 
 
+
+def test_the_whole_table_scored_again_equals_a_fresh_select_on_the_same_models(
+        tiny_demo_2d, demo_models, no_target_labels, tmp_path, capsys):
+    from monai_uda.cli import main
+
+    out = tmp_path / "sel"
+    validators = ["--validators", "entropy,im,source_agreement,consensus,mixval,foreground_fraction,component_sizes",
+                  "w2_shift"]
+    assert main(["select", "--datalist", tiny_demo_2d, "--checkpoints", demo_models["zero"], "--source",
+                 demo_models["broken"], "--out", str(out), *validators]) == 0
+    rerun = tmp_path / "rerun" / "zero.pt"  # the rerun model, under the candidate's name
+    rerun.parent.mkdir()
+    rerun.write_bytes(Path(demo_models["good"]).read_bytes())
+    with pytest.raises(SystemExit, match=r"selection.csv: scoring the whole table needs every candidate's model; "
+                                         r"none for source"):
+        selection_rescore.rescore(out, tiny_demo_2d, {"zero": str(rerun)}, progress=False, whole=True)
+    new = selection_rescore.rescore(out, tiny_demo_2d, {"source": demo_models["broken"], "zero": str(rerun)},
+                                    progress=False, whole=True)
+    ref_dir = tmp_path / "ref"  # select on today's models: the reference of every column, the two-model ones too
+    assert main(["select", "--datalist", tiny_demo_2d, "--checkpoints", str(rerun), "--source",
+                 demo_models["broken"], "--out", str(ref_dir), *validators]) == 0
+    ref = pd.read_csv(ref_dir / "selection.csv", index_col="candidate")
+    for c in ("entropy", "im", "source_agreement", "consensus", "mixval", "foreground_fraction", "component_sizes",
+              "w2_shift", "rule_score"):
+        for name in ("source", "zero"):
+            assert new.loc[name, c] == pytest.approx(ref.loc[name, c], rel=1e-5, abs=1e-7), (name, c)
+    assert new.loc["zero", "chosen"] and ref.loc["zero", "chosen"]
+    record = json.loads((out / "selection.json").read_text())
+    assert sorted(record["rescored"]) == ["source", "zero"]
+    assert all(r["emptied"] == [] for r in record["rescored"].values())
+
 def test_an_unknown_candidate_is_refused_naming_the_table(tiny_demo_2d, demo_models, no_target_labels, tmp_path,
                                                           capsys):
     from monai_uda.cli import main
