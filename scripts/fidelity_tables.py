@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 from budget_checks import CHECKS, mean_std, p_text  # this folder: the format of every protocol table; the checks
+from protocol_tables import STALE_MARK  # this folder: the mark of rows made at a budget the bundle has since left
+from stale_rows import stale  # this folder
 
 from monai_uda.evaluation.significance import paired_test
 from monai_uda.utils import atomic_write_text
@@ -476,8 +478,23 @@ def verdict(data, method: str, claim: str | None, reason: str = "", metric: str 
     return text if text.endswith(".") else text + "."
 
 
+#: the note under a table with a :data:`STALE_MARK` cell
+STALE_FIDELITY_NOTE = (f"{STALE_MARK} some of this cell's rows were made at a budget the bundle has since left (an "
+                       "earlier Prediction Enhancer rule, or a pseudo-label net with other epochs than `adapt.json`'s); "
+                       "rerun pending (`scripts/stale_rows.py`).\n")
+
+
+def _stale(results: pd.DataFrame) -> set[str]:
+    """The methods of ``results`` with rows made at a budget the bundle has since left (``stale_rows.stale``)."""
+    from monai_uda.benchmarks.methods_s2d import enhancer_epochs, enhancer_validated, net_epochs
+
+    return set(stale(results, enhancer_epochs({}), enhancer_validated({}), nets=net_epochs({})).method)
+
+
 def method_table(entry: dict, root: Path = ROOT) -> str:
-    """Per pair and method: source | method | oracle (mean ± std over seeds (seeds)) | paired test | paper."""
+    """Per pair and method: source | method | oracle (mean ± std over seeds (seeds)) | paired test | paper; a
+    method cell with stale rows (:func:`_stale`) carries :data:`STALE_MARK`."""
+    marked = False
     metrics = ["dice"] + ([entry["metric"]] if entry.get("metric") else [])
     lines = ["| pair | method | metric | source | this method | oracle | vs source (paired Wilcoxon, per image) | "
              "paper's figure |", "|---|---|---|---|---|---|---|---|"]
@@ -489,7 +506,9 @@ def method_table(entry: dict, root: Path = ROOT) -> str:
                     cells = ["—"] * 3 + [NOT_RUN]
                 else:
                     df, pi = data
-                    cells = [_cell(df, "source", metric), _cell(df, m, metric), _cell(df, "oracle", metric)]
+                    mark = f" {STALE_MARK}" if m in _stale(df) and _ran(data, m) else ""
+                    marked |= bool(mark)
+                    cells = [_cell(df, "source", metric), _cell(df, m, metric) + mark, _cell(df, "oracle", metric)]
                     if not (_ran(data, m) and _ran(data, "source")):
                         cells.append(NOT_RUN)
                     else:
@@ -498,7 +517,7 @@ def method_table(entry: dict, root: Path = ROOT) -> str:
                 label = f"`{m}`: {name}" if i == 0 else ""
                 lines.append(f"| {pair if i == 0 else ''} | {label} | {METRIC_NAMES[metric]} | " + " | ".join(cells)
                              + f" | {fig if i == 0 else ''} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\n{STALE_FIDELITY_NOTE}" if marked else "")
 
 
 def verdicts(entry: dict, root: Path = ROOT, reasons: dict | None = None) -> str:
@@ -539,6 +558,8 @@ def versus_table(entry: dict, root: Path = ROOT, reasons: dict | None = None) ->
                         why = (why(root) if callable(why) else why) or "not measured yet"
                         unlike.append(f"- **{pair}, `{m}` vs `{base}`** unlike the paper. Measured reason: {why}.")
                 cell = f"{t['mark']} {word} ({describe(t)})"
+                if {m, base} & _stale(data[0]):
+                    cell += f" {STALE_MARK}"
             lines.append(f"| {pair} | `{m}` vs `{base}` | {fig} | {cell} |")
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(unlike) + "\n" if unlike else "")
 

@@ -189,3 +189,30 @@ def test_a_comparison_unlike_the_paper_gets_its_per_seed_order(tmp_path):
     rows += [("c", 0, 0.70), ("c", 1, 0.50), ("c", 2, 0.60)]
     pd.DataFrame([{"method": m, "seed": s, "dice": x} for m, s, x in rows]).to_csv(d / "results.csv", index=False)
     assert ft._seed_order("A1", "c", "a")(tmp_path).startswith("`c` is below `a` in every seed (0: 0.700 vs 0.800")
+
+
+def test_a_cell_with_rows_at_a_budget_the_bundle_has_left_is_marked(tmp_path):
+    from monai_uda.benchmarks.methods_s2d import enhancer_epochs, enhancer_validated, net_epochs
+
+    _fake_pair(tmp_path, "A1", {"source": 0.0, "oracle": 0.4, "rf": -0.1, "enhancer": 0.1, "s2d": 0.2})
+    res_file = tmp_path / "v2" / "A1" / "results.csv"
+    res = pd.read_csv(res_file)
+    family = res.method.isin(["enhancer", "s2d"])  # the bundle's budgets: current rows
+    res.loc[family, "enhancer_epochs"], res.loc[family, "enhancer_validated"] = enhancer_epochs({}), enhancer_validated({})
+    res.loc[res.method == "s2d", "epochs"] = net_epochs({})
+    res.to_csv(res_file, index=False)
+
+    def row(text: str, start: str) -> str:
+        return next(x for x in text.splitlines() if x.startswith(start))
+
+    table = ft.method_table(ft.PAPERS["shallow2deep"], tmp_path)
+    assert ft.STALE_MARK not in table
+    res.loc[(res.method == "s2d") & (res.seed == 2), "epochs"] = net_epochs({}) // 2  # one seed's net: a former budget
+    res.to_csv(res_file, index=False)
+    table = ft.method_table(ft.PAPERS["shallow2deep"], tmp_path)
+    cells = [c.strip() for c in row(table, "| A1 | `s2d`: ").strip("|").split("|")]
+    assert cells[4].endswith(f"(3) {ft.STALE_MARK}")
+    assert ft.STALE_MARK not in row(table, "| A1 | `enhancer`: ") and table.endswith(ft.STALE_FIDELITY_NOTE)
+    vs = ft.versus_table(ft.PAPERS["shallow2deep"], tmp_path)
+    assert row(vs, "| A1 | `s2d` vs `enhancer`").endswith(f"{ft.STALE_MARK} |")
+    assert ft.STALE_MARK not in row(vs, "| A1 | `enhancer` vs `rf`")
