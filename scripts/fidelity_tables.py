@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 from budget_checks import CHECKS, mean_std, p_text  # this folder: the format of every protocol table; the checks
-from protocol_tables import STALE_MARK  # this folder: the mark of rows made at a budget the bundle has since left
-from stale_rows import stale  # this folder
+from protocol_tables import STALE_MARK, stale_methods  # this folder: rows made at a budget the bundle has since left
 
 from monai_uda.evaluation.significance import paired_test
 from monai_uda.utils import atomic_write_text
@@ -484,29 +483,23 @@ STALE_FIDELITY_NOTE = (f"{STALE_MARK} some of this cell's rows were made at a bu
                        "rerun pending (`scripts/stale_rows.py`).\n")
 
 
-def _stale(results: pd.DataFrame) -> set[str]:
-    """The methods of ``results`` with rows made at a budget the bundle has since left (``stale_rows.stale``)."""
-    from monai_uda.benchmarks.methods_s2d import enhancer_epochs, enhancer_validated, net_epochs
-
-    return set(stale(results, enhancer_epochs({}), enhancer_validated({}), nets=net_epochs({})).method)
-
-
 def method_table(entry: dict, root: Path = ROOT) -> str:
     """Per pair and method: source | method | oracle (mean ± std over seeds (seeds)) | paired test | paper; a
-    method cell with stale rows (:func:`_stale`) carries :data:`STALE_MARK`."""
+    method cell with stale rows (``protocol_tables.stale_methods``) carries :data:`STALE_MARK`."""
     marked = False
     metrics = ["dice"] + ([entry["metric"]] if entry.get("metric") else [])
     lines = ["| pair | method | metric | source | this method | oracle | vs source (paired Wilcoxon, per image) | "
              "paper's figure |", "|---|---|---|---|---|---|---|---|"]
     for pair in entry["pairs"]:
         data = load(root, pair, extra=entry.get("extra_seeds", False))
+        old = stale_methods({pair: data})[pair] if data is not None else set()
         for m, (name, fig, _) in entry["methods"].items():
             for i, metric in enumerate(metrics):
                 if data is None:
                     cells = ["—"] * 3 + [NOT_RUN]
                 else:
                     df, pi = data
-                    mark = f" {STALE_MARK}" if m in _stale(df) and _ran(data, m) else ""
+                    mark = f" {STALE_MARK}" if m in old and _ran(data, m) else ""
                     marked |= bool(mark)
                     cells = [_cell(df, "source", metric), _cell(df, m, metric) + mark, _cell(df, "oracle", metric)]
                     if not (_ran(data, m) and _ran(data, "source")):
@@ -545,6 +538,7 @@ def versus_table(entry: dict, root: Path = ROOT, reasons: dict | None = None) ->
              "|---|---|---|---|"]
     for pair in entry["pairs"]:
         data = load(root, pair, extra=entry.get("extra_seeds", False))
+        old = stale_methods({pair: data})[pair] if data is not None else set()
         for m, base, fig, claim in entry["versus"]:
             if not (_ran(data, m) and _ran(data, base)):
                 cell = NOT_RUN
@@ -558,7 +552,7 @@ def versus_table(entry: dict, root: Path = ROOT, reasons: dict | None = None) ->
                         why = (why(root) if callable(why) else why) or "not measured yet"
                         unlike.append(f"- **{pair}, `{m}` vs `{base}`** unlike the paper. Measured reason: {why}.")
                 cell = f"{t['mark']} {word} ({describe(t)})"
-                if {m, base} & _stale(data[0]):
+                if {m, base} & old:
                     cell += f" {STALE_MARK}"
             lines.append(f"| {pair} | `{m}` vs `{base}` | {fig} | {cell} |")
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(unlike) + "\n" if unlike else "")

@@ -121,7 +121,7 @@ STALE_NOTE = (f"{STALE_MARK} made with an earlier Prediction Enhancer rule than 
               "rerun: that needs every candidate of its time).\n")
 
 
-def _stale_methods(data: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, set[str]]:
+def stale_methods(data: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, set[str]]:
     """Per pair of :func:`_v2`'s ``data``, the methods with rows made at an enhancer rule the bundle has left, and
     ``selected`` where a seed's pick is one of those or a model whose row has been rerun since the pick (its Dice is
     no longer the picked method's row of that seed)."""
@@ -152,7 +152,7 @@ def v2_table(root: Path = ROOT) -> str:
     if not data:
         return "No v2 results yet.\n"
     pairs = list(data)
-    old = _stale_methods(data)
+    old = stale_methods(data)
     lines = ["| method | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
     for m in ORDER:
         cells = []
@@ -205,7 +205,7 @@ def v2_summary(root: Path = ROOT) -> str:
         return "No v2 results yet.\n"
     lines = ["| pair | source | oracle | best adaptation (highest mean of those significantly better than source) | label-free pick "
              "(`selected`) | seeds | methods run |", "|---|---|---|---|---|---|---|"]
-    old = _stale_methods(data)
+    old = stale_methods(data)
     for pair, (df, pi) in data.items():
         def ms(m):
             g = df[df.method == m]
@@ -290,7 +290,7 @@ def cost_table(root: Path = ROOT, seeds: int = 3) -> str:
     data = _v2(root)
     v2 = {p: _shared_stage_once(r) for p, (r, _) in data.items()}
     v1 = {p: pd.read_csv(root / p / "results.csv") for p in PAIRS if (root / p / "results.csv").is_file()}
-    marked = {p for p, methods in _stale_methods(data).items() if methods - {"selected"}}  # stale method rows
+    marked = {p for p, methods in stale_methods(data).items() if methods - {"selected"}}  # stale method rows
 
     def sec(df, m, col):
         g = df[df.method == m] if df is not None else pd.DataFrame()
