@@ -55,6 +55,16 @@ def alone(columns: list[str]) -> tuple[list[str], list[str]]:
     return solo, other
 
 
+def load_table(table_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """``table_dir``'s ``selection.csv`` (candidates as the index) and ``selection.json``; a missing one is refused,
+    naming it."""
+    csv, rec_file = table_dir / "selection.csv", table_dir / "selection.json"
+    for f in (csv, rec_file):
+        if not f.is_file():
+            raise SystemExit(f"{f} not found: rescoring needs the table and record of a `monai-uda select` run")
+    return pd.read_csv(csv, index_col="candidate"), json.loads(rec_file.read_text())
+
+
 def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], label_limit: int | None = 16,
             roi_size: list[int] | None = None, progress: bool = True, whole: bool = False) -> pd.DataFrame:
     """Score ``checkpoints`` (candidate name -> UDAUNet state dict) with the table's single-candidate validators,
@@ -70,11 +80,7 @@ def rescore(table_dir: Path, datalist: str, checkpoints: Mapping[str, str], labe
     from monai_uda.validators.selection_report import plot_selection, selection_record, selection_table
 
     csv, rec_file = table_dir / "selection.csv", table_dir / "selection.json"
-    for f in (csv, rec_file):
-        if not f.is_file():
-            raise SystemExit(f"{f} not found: rescoring needs the table and record of a `monai-uda select` run")
-    table = pd.read_csv(csv, index_col="candidate")
-    record = json.loads(rec_file.read_text())
+    table, record = load_table(table_dir)
     unknown = sorted(set(checkpoints) - set(table.index))
     if unknown:
         raise SystemExit(f"{csv}: no candidate {', '.join(unknown)} to rescore (it has {', '.join(table.index)})")
@@ -141,10 +147,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     seed = a.seed if a.seed is not None else int(a.table.name.removeprefix("seed"))
     uda = as_uda(a.datalist)
-    csv = a.table / "selection.csv"
-    if a.whole and not csv.is_file():
-        raise SystemExit(f"{csv} not found: rescoring needs the table and record of a `monai-uda select` run")
-    methods = list(pd.read_csv(csv).candidate) if a.whole else a.methods
+    methods = list(load_table(a.table)[0].index) if a.whole else a.methods
     found = seed_candidates(a.bench / f"seed{seed}", methods,
                             lambda: UDAUNet(uda.spatial_dims, uda.in_channels, uda.num_classes))
     if found.skipped:
