@@ -145,7 +145,9 @@ def main() -> None:
     from monai_uda.validators.candidates import as_uda, seed_candidates
 
     torch.set_num_threads(a.threads)
-    seed = a.seed if a.seed is not None else int(a.table.name.removeprefix("seed"))
+    if a.seed is None and not (a.table.name.startswith("seed") and a.table.name[4:].isdigit()):
+        raise SystemExit(f"{a.table}: its name is not seed<k>; give the seed with --seed")
+    seed = a.seed if a.seed is not None else int(a.table.name[4:])
     uda = as_uda(a.datalist)
     methods = list(load_table(a.table)[0].index) if a.whole else a.methods
     found = seed_candidates(a.bench / f"seed{seed}", methods,

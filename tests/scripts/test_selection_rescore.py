@@ -104,3 +104,10 @@ def test_a_table_whose_rule_uses_an_emptied_column_is_refused(tiny_demo_2d, demo
     with pytest.raises(SystemExit, match=r"selection.json: its rule uses consensus, which a candidate scored alone"):
         selection_rescore.rescore(out, tiny_demo_2d, {"zero": demo_models["good"]}, progress=False)
     assert (out / "selection.csv").read_text() == before  # nothing written
+
+
+def test_a_table_folder_not_named_seed_k_needs_the_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["selection_rescore.py", str(tmp_path / "A1"), "--datalist", "x.json",
+                                      "--bench", str(tmp_path), "--whole"])
+    with pytest.raises(SystemExit, match=r"A1: its name is not seed<k>; give the seed with --seed"):
+        selection_rescore.main()
