@@ -483,6 +483,11 @@ STALE_FIDELITY_NOTE = (f"{STALE_MARK} some of this cell's rows were made at a bu
                        "rerun pending (`scripts/stale_rows.py`).\n")
 
 
+def _stale(pair: str, data) -> set[str]:
+    """The methods of ``pair`` with stale rows (none when the pair has no table)."""
+    return stale_methods({pair: data})[pair] if data is not None else set()
+
+
 def method_table(entry: dict, root: Path = ROOT) -> str:
     """Per pair and method: source | method | oracle (mean ± std over seeds (seeds)) | paired test | paper; a
     method cell with stale rows (``protocol_tables.stale_methods``) carries :data:`STALE_MARK`."""
@@ -492,7 +497,7 @@ def method_table(entry: dict, root: Path = ROOT) -> str:
              "paper's figure |", "|---|---|---|---|---|---|---|---|"]
     for pair in entry["pairs"]:
         data = load(root, pair, extra=entry.get("extra_seeds", False))
-        old = stale_methods({pair: data})[pair] if data is not None else set()
+        old = _stale(pair, data)
         for m, (name, fig, _) in entry["methods"].items():
             for i, metric in enumerate(metrics):
                 if data is None:
@@ -538,7 +543,7 @@ def versus_table(entry: dict, root: Path = ROOT, reasons: dict | None = None) ->
              "|---|---|---|---|"]
     for pair in entry["pairs"]:
         data = load(root, pair, extra=entry.get("extra_seeds", False))
-        old = stale_methods({pair: data})[pair] if data is not None else set()
+        old = _stale(pair, data)
         for m, base, fig, claim in entry["versus"]:
             if not (_ran(data, m) and _ran(data, base)):
                 cell = NOT_RUN
