@@ -218,7 +218,8 @@ def v2_summary(root: Path = ROOT) -> str:
             tied = [m for _, m in sorted(better, reverse=True)
                     if m != best[1] and paired_test(pi, m, baseline=best[1])["mark"] == "="]
             cell += (f"; no significant difference from it: {', '.join(tied)}" if tied else
-                     "; the only one" if len(better) == 1 else "; significantly above every other method that beats source")
+                     "; the only one" if len(better) == 1 else
+                     "; significantly above every other method that beats source")
         sel = df[df.method == "selected"]
         if sel.empty:
             pick = "not run"
